@@ -1,0 +1,515 @@
+// primitives.c: the x86-64 critical sections and their CAS-mode twins.
+//
+// The discipline (DESIGN.md, decision 4), for every section below:
+//   - inline asm; the descriptor in __rseq_cs (32-byte aligned), a pointer to it in
+//     __rseq_cs_ptr_array, every jump out of the section in __rseq_exit_point_array,
+//     the abort handler in __rseq_failure right after the signature (0f b9 3d + sig);
+//   - the first instruction inside compares the CPU (or mm_cid) the caller computed its
+//     per-CPU pointers for with the one in the rseq area, and aborts on mismatch;
+//   - exactly one committing store, the last instruction; everything before it only
+//     reads, or writes memory that is private until the commit, so it can be repeated;
+//   - no calls, no syscalls, no stack pushes inside;
+//   - a stable name and id in the rseq_registry section;
+//   - counters incremented in C, after the asm, never inside.
+// Every section function is noinline so each section exists exactly once in a binary:
+// the registry then has one entry per name, and abortscan one range per section.
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "rseq/rseq.h"
+#include "rseq/rseq_internal.h"
+#include "sanitizers/sanitizers.h"
+
+#if !defined(__x86_64__)
+#error "rseq/primitives.c: only x86-64 critical sections are implemented"
+#endif
+
+#define RSEQ_STR_(x) #x
+#define RSEQ_STR(x) RSEQ_STR_(x)
+
+// Labels inside each asm statement: 1 start_ip, 2 post_commit_ip, 3 descriptor,
+// 4 abort_ip, 5 name string; 6n/7n injection point n; 8x memcpy loops.
+
+// The descriptor, its pointer, the registry entry and the section's name.
+#define RSEQ_ASM_DEFINE_TABLE(name)                                   \
+  ".pushsection __rseq_cs, \"aw\"\n\t"                                \
+  ".balign 32\n\t"                                                    \
+  "3:\n\t"                                                            \
+  ".long 0, 0\n\t"                                                    \
+  ".quad 1f, (2f - 1f), 4f\n\t"                                       \
+  ".popsection\n\t"                                                   \
+  ".pushsection __rseq_cs_ptr_array, \"aw\"\n\t"                      \
+  ".balign 8\n\t"                                                     \
+  ".quad 3b\n\t"                                                      \
+  ".popsection\n\t"                                                   \
+  ".pushsection rseq_registry, \"aw\"\n\t"                            \
+  ".balign 8\n\t"                                                     \
+  ".quad 3b, 5f, %c[id]\n\t"                                          \
+  ".popsection\n\t"                                                   \
+  ".pushsection .rodata.rseq_names, \"a\"\n\t"                        \
+  "5: .asciz \"" name "\"\n\t"                                        \
+  ".popsection\n\t"
+
+// A jump out of the section other than the abort (debuggers and abortscan read these).
+// `start` is "1f" before the start label and "1b" after it.
+#define RSEQ_ASM_DEFINE_EXIT_POINT(start, exit_label)  \
+  ".pushsection __rseq_exit_point_array, \"aw\"\n\t"   \
+  ".balign 8\n\t"                                      \
+  ".quad " start ", %l[" #exit_label "]\n\t"           \
+  ".popsection\n\t"
+
+// Arm the section (rseq_cs = &descriptor; before start_ip, so not part of it), then
+// start it with the CPU comparison.
+#define RSEQ_ASM_START                        \
+  "leaq 3b(%%rip), %%rax\n\t"                 \
+  "movq %%rax, 8(%[area])\n\t"                \
+  "1:\n\t"                                    \
+  "cmpl %[cpu], (%[idx])\n\t"                 \
+  "jnz 4f\n\t"
+
+// The abort handler: the signature word right before abort_ip, then a jump to C.
+#define RSEQ_ASM_DEFINE_ABORT                 \
+  ".pushsection __rseq_failure, \"ax\"\n\t"   \
+  ".byte 0x0f, 0xb9, 0x3d\n\t"                \
+  ".long 0x53053053\n\t"                      \
+  "4:\n\t"                                    \
+  "jmp %l[abort]\n\t"                         \
+  ".popsection\n\t"
+
+#ifdef RSEQ_INJECT
+// A register-only busy loop whose count is read from rseq_inject_loops[n] (a load,
+// which is harmless to repeat). r10 is clobbered only in this variant.
+#define RSEQ_INJECT_ASM(n)                                  \
+  "movl rseq_inject_loops+4*" #n "(%%rip), %%r10d\n\t"      \
+  "testl %%r10d, %%r10d\n\t"                                \
+  "jz 7" #n "f\n\t"                                         \
+  "6" #n ":\n\t"                                            \
+  "decl %%r10d\n\t"                                         \
+  "jnz 6" #n "b\n\t"                                        \
+  "7" #n ":\n\t"
+#define RSEQ_INJECT_CLOBBER , "r10"
+#else
+#define RSEQ_INJECT_ASM(n) ""
+#define RSEQ_INJECT_CLOBBER
+#endif
+
+#ifdef RSEQ_COMPARE_TWICE
+// Right before the commit: if the CPU or the compared value changed, the kernel failed
+// to abort the section. Jump out (an exit point) to C, which reports and aborts.
+#define RSEQ_ASM_CMP_CPU_TWICE            \
+  RSEQ_ASM_DEFINE_EXIT_POINT("1b", error_cpu)   \
+  "cmpl %[cpu], (%[idx])\n\t"             \
+  "jnz %l[error_cpu]\n\t"
+#define RSEQ_ASM_CMP_VALUE_TWICE                \
+  RSEQ_ASM_DEFINE_EXIT_POINT("1b", error_value)       \
+  "cmpq (%[v]), %[expect]\n\t"                  \
+  "jnz %l[error_value]\n\t"
+#else
+#define RSEQ_ASM_CMP_CPU_TWICE ""
+#define RSEQ_ASM_CMP_VALUE_TWICE ""
+#endif
+
+#define RSEQ_NOINLINE __attribute__((noinline))
+
+// Before and after every section, in C.
+#if defined(RSEQ_STATS) || defined(RSEQ_INJECT) || defined(RSEQ_COMPARE_TWICE)
+#define RSEQ_COUNTING 1
+#else
+#define RSEQ_COUNTING 0
+#endif
+
+static inline void before_section(int id, intptr_t *v) {
+#ifdef RSEQ_INJECT
+  rseq_inject_block_maybe();
+#endif
+  if (RSEQ_COUNTING) rseq_count_entered(id);
+  // TSan: whatever this thread wrote before the section is published through `v`.
+  // Released before the section and acquired after it, so a thread whose section ran
+  // after ours on this CPU (the kernel serializes them) always sees our release.
+  CCACHE_TSAN_RELEASE(v);
+}
+
+static inline int after_commit(int id, intptr_t *v) {
+  CCACHE_TSAN_ACQUIRE(v);
+  if (RSEQ_COUNTING) rseq_count_committed(id);
+  return RSEQ_COMMIT;
+}
+
+static inline int after_cmpfail(int id, intptr_t *v) {
+  CCACHE_TSAN_ACQUIRE(v);
+  if (RSEQ_COUNTING) rseq_count_cmpfail(id);
+  return RSEQ_CMPFAIL;
+}
+
+static inline int after_abort(int id) {
+  rseq_count_aborted(id);
+  return RSEQ_ABORT;
+}
+
+__attribute__((noreturn, cold)) static void compare_twice_failed(const char *section,
+                                                                  const char *what, int cpu) {
+  fprintf(stderr,
+          "rseq compare-twice: section %s: %s changed inside the section on cpu %d before the "
+          "commit, and the kernel did not abort it\n",
+          section, what, cpu);
+  abort();
+}
+
+__attribute__((noreturn, cold)) static void no_area(const char *section) {
+  fprintf(stderr, "rseq: %s called in a thread without an rseq area (%s)\n", section,
+          rseq_unavailable_reason());
+  abort();
+}
+
+static inline struct rseq_abi *area_or_die(const char *section) {
+  struct rseq_abi *a = rseq_thread_area();
+  if (__builtin_expect(a == NULL, 0)) no_area(section);
+  return a;
+}
+
+static inline uint32_t *index_field(struct rseq_abi *a, enum rseq_index index) {
+  return index == RSEQ_INDEX_MM_CID ? &a->mm_cid : &a->cpu_id;
+}
+
+// ---------------------------------------------------------------------------------
+// rseq_addv
+//   if (cpu != current) abort;
+//   *v += count;                 <- commit (a single read-modify-write instruction)
+// Abort leaves *v unchanged.
+
+RSEQ_NOINLINE int rseq_addv(enum rseq_index index, intptr_t *v, intptr_t count, int cpu) {
+  enum { id = 0 };
+  struct rseq_abi *area = area_or_die("rseq_addv");
+  uint32_t *idx = index_field(area, index);
+  before_section(id, v);
+  __asm__ goto(RSEQ_ASM_DEFINE_TABLE("rseq_addv")
+               RSEQ_ASM_START
+               RSEQ_INJECT_ASM(1)
+               RSEQ_ASM_CMP_CPU_TWICE
+               "addq %[count], (%[v])\n\t"  // commit
+               "2:\n\t"
+               RSEQ_ASM_DEFINE_ABORT
+               : /* no outputs */
+               : [id] "i"(id), [cpu] "r"(cpu), [idx] "r"(idx), [area] "r"(area), [v] "r"(v),
+                 [count] "r"(count)
+               : "memory", "cc", "rax" RSEQ_INJECT_CLOBBER
+               : abort, error_cpu);
+  return after_commit(id, v);
+abort:
+  return after_abort(id);
+error_cpu:
+  compare_twice_failed("rseq_addv", "the cpu", cpu);
+}
+
+// ---------------------------------------------------------------------------------
+// rseq_cmpeqv_storev
+//   if (cpu != current) abort;
+//   if (*v != expect) goto cmpfail;
+//   *v = newv;                   <- commit
+// Abort leaves *v unchanged.
+
+RSEQ_NOINLINE int rseq_cmpeqv_storev(enum rseq_index index, intptr_t *v, intptr_t expect,
+                                     intptr_t newv, int cpu) {
+  enum { id = 1 };
+  struct rseq_abi *area = area_or_die("rseq_cmpeqv_storev");
+  uint32_t *idx = index_field(area, index);
+  before_section(id, v);
+  __asm__ goto(RSEQ_ASM_DEFINE_TABLE("rseq_cmpeqv_storev")
+               RSEQ_ASM_DEFINE_EXIT_POINT("1f", cmpfail)
+               RSEQ_ASM_START
+               RSEQ_INJECT_ASM(1)
+               "cmpq (%[v]), %[expect]\n\t"
+               "jnz %l[cmpfail]\n\t"
+               RSEQ_INJECT_ASM(2)
+               RSEQ_ASM_CMP_CPU_TWICE
+               RSEQ_ASM_CMP_VALUE_TWICE
+               "movq %[newv], (%[v])\n\t"  // commit
+               "2:\n\t"
+               RSEQ_ASM_DEFINE_ABORT
+               : /* no outputs */
+               : [id] "i"(id), [cpu] "r"(cpu), [idx] "r"(idx), [area] "r"(area), [v] "r"(v),
+                 [expect] "r"(expect), [newv] "r"(newv)
+               : "memory", "cc", "rax" RSEQ_INJECT_CLOBBER
+               : abort, cmpfail, error_cpu, error_value);
+  return after_commit(id, v);
+abort:
+  return after_abort(id);
+cmpfail:
+  return after_cmpfail(id, v);
+error_cpu:
+  compare_twice_failed("rseq_cmpeqv_storev", "the cpu", cpu);
+error_value:
+  compare_twice_failed("rseq_cmpeqv_storev", "*v", cpu);
+}
+
+// ---------------------------------------------------------------------------------
+// rseq_cmpnev_storeoffp_load (pop from a list)
+//   if (cpu != current) abort;
+//   head = *v;
+//   if (head == expectnot) goto cmpfail;
+//   *load = head;                <- private to the caller: repeatable
+//   next = *(head + voffp);
+//   *v = next;                   <- commit
+// Abort leaves *v unchanged (*load may hold a stale value; the caller ignores it).
+
+RSEQ_NOINLINE int rseq_cmpnev_storeoffp_load(enum rseq_index index, intptr_t *v,
+                                             intptr_t expectnot, long voffp, intptr_t *load,
+                                             int cpu) {
+  enum { id = 2 };
+  struct rseq_abi *area = area_or_die("rseq_cmpnev_storeoffp_load");
+  uint32_t *idx = index_field(area, index);
+  before_section(id, v);
+  __asm__ goto(RSEQ_ASM_DEFINE_TABLE("rseq_cmpnev_storeoffp_load")
+               RSEQ_ASM_DEFINE_EXIT_POINT("1f", cmpfail)
+               RSEQ_ASM_START
+               "movq (%[v]), %%rbx\n\t"
+               "cmpq %%rbx, %[expectnot]\n\t"
+               "je %l[cmpfail]\n\t"
+               RSEQ_INJECT_ASM(1)
+               "movq %%rbx, (%[load])\n\t"
+               "movq (%%rbx, %[voffp]), %%rax\n\t"
+               RSEQ_INJECT_ASM(2)
+               RSEQ_ASM_CMP_CPU_TWICE
+#ifdef RSEQ_COMPARE_TWICE
+               RSEQ_ASM_DEFINE_EXIT_POINT("1b", error_value)
+               "cmpq (%[v]), %%rbx\n\t"
+               "jnz %l[error_value]\n\t"
+#endif
+               "movq %%rax, (%[v])\n\t"  // commit
+               "2:\n\t"
+               RSEQ_ASM_DEFINE_ABORT
+               : /* no outputs */
+               : [id] "i"(id), [cpu] "r"(cpu), [idx] "r"(idx), [area] "r"(area), [v] "r"(v),
+                 [expectnot] "r"(expectnot), [voffp] "r"(voffp), [load] "r"(load)
+               : "memory", "cc", "rax", "rbx" RSEQ_INJECT_CLOBBER
+               : abort, cmpfail, error_cpu, error_value);
+  return after_commit(id, v);
+abort:
+  return after_abort(id);
+cmpfail:
+  return after_cmpfail(id, v);
+error_cpu:
+  compare_twice_failed("rseq_cmpnev_storeoffp_load", "the cpu", cpu);
+error_value:
+  compare_twice_failed("rseq_cmpnev_storeoffp_load", "*v", cpu);
+}
+
+// ---------------------------------------------------------------------------------
+// rseq_cmpeqv_trystorev_storev
+//   if (cpu != current) abort;
+//   if (*v != expect) goto cmpfail;
+//   *v2 = newv2;                 <- try-store: repeatable
+//   *v = newv;                   <- commit; x86 keeps stores in order, so the commit
+//                                   is a release of the try-store (the "memory" clobber
+//                                   keeps the compiler from moving either)
+// Abort leaves *v unchanged; *v2 may hold newv2, which is invisible until a commit.
+
+RSEQ_NOINLINE int rseq_cmpeqv_trystorev_storev(enum rseq_index index, intptr_t *v,
+                                               intptr_t expect, intptr_t *v2, intptr_t newv2,
+                                               intptr_t newv, int cpu) {
+  enum { id = 3 };
+  struct rseq_abi *area = area_or_die("rseq_cmpeqv_trystorev_storev");
+  uint32_t *idx = index_field(area, index);
+  before_section(id, v);
+  __asm__ goto(RSEQ_ASM_DEFINE_TABLE("rseq_cmpeqv_trystorev_storev")
+               RSEQ_ASM_DEFINE_EXIT_POINT("1f", cmpfail)
+               RSEQ_ASM_START
+               "cmpq (%[v]), %[expect]\n\t"
+               "jnz %l[cmpfail]\n\t"
+               RSEQ_INJECT_ASM(1)
+               "movq %[newv2], (%[v2])\n\t"
+               RSEQ_INJECT_ASM(2)
+               RSEQ_ASM_CMP_CPU_TWICE
+               RSEQ_ASM_CMP_VALUE_TWICE
+               "movq %[newv], (%[v])\n\t"  // commit
+               "2:\n\t"
+               RSEQ_ASM_DEFINE_ABORT
+               : /* no outputs */
+               : [id] "i"(id), [cpu] "r"(cpu), [idx] "r"(idx), [area] "r"(area), [v] "r"(v),
+                 [expect] "r"(expect), [v2] "r"(v2), [newv2] "r"(newv2), [newv] "r"(newv)
+               : "memory", "cc", "rax" RSEQ_INJECT_CLOBBER
+               : abort, cmpfail, error_cpu, error_value);
+  return after_commit(id, v);
+abort:
+  return after_abort(id);
+cmpfail:
+  return after_cmpfail(id, v);
+error_cpu:
+  compare_twice_failed("rseq_cmpeqv_trystorev_storev", "the cpu", cpu);
+error_value:
+  compare_twice_failed("rseq_cmpeqv_trystorev_storev", "*v", cpu);
+}
+
+// ---------------------------------------------------------------------------------
+// rseq_cmpeqv_trymemcpy_storev
+//   if (cpu != current) abort;
+//   if (*v != expect) goto cmpfail;
+//   memcpy(dst, src, len);       <- 8 bytes at a time, then bytes; repeatable
+//   *v = newv;                   <- commit (a release of the copy, as above)
+// Abort leaves *v unchanged; dst may be partly written, invisible until a commit.
+
+RSEQ_NOINLINE int rseq_cmpeqv_trymemcpy_storev(enum rseq_index index, intptr_t *v,
+                                               intptr_t expect, void *dst, const void *src,
+                                               size_t len, intptr_t newv, int cpu) {
+  enum { id = 4 };
+  struct rseq_abi *area = area_or_die("rseq_cmpeqv_trymemcpy_storev");
+  uint32_t *idx = index_field(area, index);
+  before_section(id, v);
+  __asm__ goto(RSEQ_ASM_DEFINE_TABLE("rseq_cmpeqv_trymemcpy_storev")
+               RSEQ_ASM_DEFINE_EXIT_POINT("1f", cmpfail)
+               RSEQ_ASM_START
+               "cmpq (%[v]), %[expect]\n\t"
+               "jnz %l[cmpfail]\n\t"
+               RSEQ_INJECT_ASM(1)
+               "xorl %%ecx, %%ecx\n\t"
+               "81:\n\t"  // 8-byte copies while at least 8 bytes remain
+               "leaq 8(%%rcx), %%rax\n\t"
+               "cmpq %[len], %%rax\n\t"
+               "ja 82f\n\t"
+               "movq (%[src], %%rcx), %%rax\n\t"
+               "movq %%rax, (%[dst], %%rcx)\n\t"
+               "addq $8, %%rcx\n\t"
+               "jmp 81b\n\t"
+               "82:\n\t"  // the tail, a byte at a time
+               "cmpq %[len], %%rcx\n\t"
+               "jae 83f\n\t"
+               "movb (%[src], %%rcx), %%al\n\t"
+               "movb %%al, (%[dst], %%rcx)\n\t"
+               "incq %%rcx\n\t"
+               "jmp 82b\n\t"
+               "83:\n\t"
+               RSEQ_INJECT_ASM(2)
+               RSEQ_ASM_CMP_CPU_TWICE
+               RSEQ_ASM_CMP_VALUE_TWICE
+               "movq %[newv], (%[v])\n\t"  // commit
+               "2:\n\t"
+               RSEQ_ASM_DEFINE_ABORT
+               : /* no outputs */
+               : [id] "i"(id), [cpu] "r"(cpu), [idx] "r"(idx), [area] "r"(area), [v] "r"(v),
+                 [expect] "r"(expect), [dst] "r"(dst), [src] "r"(src), [len] "r"(len),
+                 [newv] "r"(newv)
+               : "memory", "cc", "rax", "rcx" RSEQ_INJECT_CLOBBER
+               : abort, cmpfail, error_cpu, error_value);
+  return after_commit(id, v);
+abort:
+  return after_abort(id);
+cmpfail:
+  return after_cmpfail(id, v);
+error_cpu:
+  compare_twice_failed("rseq_cmpeqv_trymemcpy_storev", "the cpu", cpu);
+error_value:
+  compare_twice_failed("rseq_cmpeqv_trymemcpy_storev", "*v", cpu);
+}
+
+// ---------------------------------------------------------------------------------
+// CAS-mode twins.
+
+int rseq_cas_addv(intptr_t *v, intptr_t count) {
+  // Relaxed: a per-CPU sum publishes no other data; only its total matters.
+  __atomic_fetch_add(v, count, __ATOMIC_RELAXED);
+  return RSEQ_COMMIT;
+}
+
+int rseq_cas_cmpeqv_storev(intptr_t *v, intptr_t expect, intptr_t newv) {
+  // Acq_rel: the new value may publish data written before (release), and a caller
+  // that read *v may go on to read what it points to (acquire).
+  return __atomic_compare_exchange_n(v, &expect, newv, false, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE)
+             ? RSEQ_COMMIT
+             : RSEQ_CMPFAIL;
+}
+
+int rseq_cas_cmpeqv_trystorev_storev(intptr_t *v, intptr_t expect, intptr_t *v2, intptr_t newv2,
+                                     intptr_t newv) {
+  // Acquire: skip the try-store when *v already moved on.
+  if (__atomic_load_n(v, __ATOMIC_ACQUIRE) != expect) return RSEQ_CMPFAIL;
+  // Relaxed: *v2 belongs to the caller until the release CAS below publishes it.
+  __atomic_store_n(v2, newv2, __ATOMIC_RELAXED);
+  return rseq_cas_cmpeqv_storev(v, expect, newv);
+}
+
+int rseq_cas_cmpeqv_trymemcpy_storev(intptr_t *v, intptr_t expect, void *dst, const void *src,
+                                     size_t len, intptr_t newv) {
+  // Acquire: skip the copy when *v already moved on.
+  if (__atomic_load_n(v, __ATOMIC_ACQUIRE) != expect) return RSEQ_CMPFAIL;
+  memcpy(dst, src, len);  // dst belongs to the caller until the release CAS publishes it
+  return rseq_cas_cmpeqv_storev(v, expect, newv);
+}
+
+// ---------------------------------------------------------------------------------
+// Lists and mode dispatch.
+
+typedef unsigned __int128 rseq_u128;
+
+static inline rseq_u128 list_pack(intptr_t head, uintptr_t tag) {
+  return (rseq_u128)(uintptr_t)head | (rseq_u128)tag << 64;
+}
+
+static inline rseq_u128 list_load(struct rseq_list *list) {
+  // Two relaxed halves, then validated by the 16-byte CAS: a torn read only makes the
+  // CAS fail and retry.
+  intptr_t head = __atomic_load_n(&list->head, __ATOMIC_ACQUIRE);
+  uintptr_t tag = __atomic_load_n(&list->tag, __ATOMIC_RELAXED);
+  return list_pack(head, tag);
+}
+
+static inline bool list_cas(struct rseq_list *list, rseq_u128 *expect, rseq_u128 desired) {
+  // Acq_rel: a push publishes the node's contents (release); a pop reads the popped
+  // node's next pointer and contents (acquire).
+  return __atomic_compare_exchange_n((rseq_u128 *)list, expect, desired, false,
+                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
+int rseq_list_push(const struct rseq_percpu_mode *m, struct rseq_list *list, intptr_t node,
+                   long voffp, int cpu) {
+  intptr_t *next = (intptr_t *)(node + voffp);
+  if (m->mode == RSEQ_MODE_CAS) {
+    rseq_u128 old = list_load(list);
+    for (;;) {
+      // Relaxed: the node is private until the release CAS publishes it.
+      __atomic_store_n(next, (intptr_t)(uintptr_t)old, __ATOMIC_RELAXED);
+      if (list_cas(list, &old, list_pack(node, (uintptr_t)(old >> 64) + 1))) return RSEQ_COMMIT;
+    }
+  }
+  // Relaxed, both: the node is private to us until the section commits it, and the
+  // head is only changed by sections on this CPU, which the kernel serializes.
+  intptr_t head = __atomic_load_n(&list->head, __ATOMIC_RELAXED);
+  __atomic_store_n(next, head, __ATOMIC_RELAXED);
+  return rseq_cmpeqv_storev(m->index, &list->head, head, node, cpu);
+}
+
+int rseq_list_pop(const struct rseq_percpu_mode *m, struct rseq_list *list, long voffp,
+                  intptr_t *load, int cpu) {
+  if (m->mode == RSEQ_MODE_CAS) {
+    rseq_u128 old = list_load(list);
+    for (;;) {
+      intptr_t head = (intptr_t)(uintptr_t)old;
+      if (head == 0) return RSEQ_CMPFAIL;
+      // Relaxed: if the node was popped meanwhile, the tag has changed and the CAS
+      // below fails, so a stale next is never installed.
+      intptr_t next = __atomic_load_n((intptr_t *)(head + voffp), __ATOMIC_RELAXED);
+      if (list_cas(list, &old, list_pack(next, (uintptr_t)(old >> 64) + 1))) {
+        *load = head;
+        return RSEQ_COMMIT;
+      }
+    }
+  }
+  return rseq_cmpnev_storeoffp_load(m->index, &list->head, 0, voffp, load, cpu);
+}
+
+int rseq_percpu_addv(const struct rseq_percpu_mode *m, intptr_t *v, intptr_t count, int cpu) {
+  if (m->mode == RSEQ_MODE_CAS) return rseq_cas_addv(v, count);
+  return rseq_addv(m->index, v, count, cpu);
+}
+
+int rseq_percpu_cmpeqv_storev(const struct rseq_percpu_mode *m, intptr_t *v, intptr_t expect,
+                              intptr_t newv, int cpu) {
+  if (m->mode == RSEQ_MODE_CAS) return rseq_cas_cmpeqv_storev(v, expect, newv);
+  return rseq_cmpeqv_storev(m->index, v, expect, newv, cpu);
+}

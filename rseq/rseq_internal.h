@@ -1,0 +1,33 @@
+// rseq_internal.h: shared between the files of rseq/ only. Not a public interface.
+#ifndef CCACHE_RSEQ_RSEQ_INTERNAL_H_
+#define CCACHE_RSEQ_RSEQ_INTERNAL_H_
+
+#include <stdint.h>
+
+#include "rseq/rseq.h"
+
+// Every critical section in the package: X(id, name, injection points bitmask).
+// The id indexes the counters; the name is the stable name in the registry.
+#define RSEQ_SECTIONS(X)                                      \
+  X(0, "rseq_addv", 0x2)                                      \
+  X(1, "rseq_cmpeqv_storev", 0x6)                             \
+  X(2, "rseq_cmpnev_storeoffp_load", 0x6)                     \
+  X(3, "rseq_cmpeqv_trystorev_storev", 0x6)                   \
+  X(4, "rseq_cmpeqv_trymemcpy_storev", 0x6)
+
+#define RSEQ_SECTION_MAX 16
+
+// Set by rseq_inject_set_loops(); read by the delay loops inside sections (inject
+// variant). Hidden so the asm can address it %rip-relative from any object.
+extern volatile uint32_t rseq_inject_loops[RSEQ_INJECT_POINTS + 1]
+    __attribute__((visibility("hidden")));
+
+// Counters, called in C before and after the asm of each section.
+void rseq_count_entered(int id) __attribute__((visibility("hidden")));
+void rseq_count_committed(int id) __attribute__((visibility("hidden")));
+void rseq_count_aborted(int id) __attribute__((visibility("hidden")));
+void rseq_count_cmpfail(int id) __attribute__((visibility("hidden")));
+// Blocking injection (inject variant): called before every section.
+void rseq_inject_block_maybe(void) __attribute__((visibility("hidden")));
+
+#endif  // CCACHE_RSEQ_RSEQ_INTERNAL_H_
