@@ -408,6 +408,42 @@ error_value:
 }
 
 // ---------------------------------------------------------------------------------
+// rseq_offset_deref_addv (the selftests' membarrier pattern)
+//   if (cpu != current) abort;
+//   p = *ptr + off;              <- the pointer is loaded inside the section, so a
+//                                   writer that swaps *ptr and then fences knows no
+//                                   section still adds through the old pointer
+//   *p += inc;                   <- commit
+// Abort leaves everything unchanged.
+
+RSEQ_NOINLINE int rseq_offset_deref_addv(enum rseq_index index, intptr_t *ptr, long off,
+                                         intptr_t inc, int cpu) {
+  enum { id = 5 };
+  struct rseq_abi *area = area_or_die("rseq_offset_deref_addv");
+  uint32_t *idx = index_field(area, index);
+  before_section(id, ptr);
+  __asm__ goto(RSEQ_ASM_DEFINE_TABLE("rseq_offset_deref_addv")
+               RSEQ_ASM_START
+               "movq (%[ptr]), %%rbx\n\t"
+               RSEQ_INJECT_ASM(1)
+               "addq %[off], %%rbx\n\t"
+               RSEQ_ASM_CMP_CPU_TWICE
+               "addq %[inc], (%%rbx)\n\t"  // commit
+               "2:\n\t"
+               RSEQ_ASM_DEFINE_ABORT
+               : /* no outputs */
+               : [id] "i"(id), [cpu] "r"(cpu), [idx] "r"(idx), [area] "r"(area), [ptr] "r"(ptr),
+                 [off] "r"(off), [inc] "r"(inc)
+               : "memory", "cc", "rax", "rbx" RSEQ_INJECT_CLOBBER
+               : abort, error_cpu);
+  return after_commit(id, ptr);
+abort:
+  return after_abort(id);
+error_cpu:
+  compare_twice_failed("rseq_offset_deref_addv", "the cpu", cpu);
+}
+
+// ---------------------------------------------------------------------------------
 // CAS-mode twins.
 
 int rseq_cas_addv(intptr_t *v, intptr_t count) {
@@ -501,6 +537,14 @@ int rseq_list_pop(const struct rseq_percpu_mode *m, struct rseq_list *list, long
     }
   }
   return rseq_cmpnev_storeoffp_load(m->index, &list->head, 0, voffp, load, cpu);
+}
+
+int rseq_cas_offset_deref_addv(intptr_t *ptr, long off, intptr_t inc) {
+  // Acquire: the pointer may have just been published by another thread.
+  intptr_t *p = (intptr_t *)(__atomic_load_n(ptr, __ATOMIC_ACQUIRE) + off);
+  // Relaxed: a sum publishes no other data.
+  __atomic_fetch_add(p, inc, __ATOMIC_RELAXED);
+  return RSEQ_COMMIT;
 }
 
 int rseq_percpu_addv(const struct rseq_percpu_mode *m, intptr_t *v, intptr_t count, int cpu) {

@@ -155,12 +155,19 @@ int rseq_cmpeqv_trystorev_storev(enum rseq_index index, intptr_t *v, intptr_t ex
 int rseq_cmpeqv_trymemcpy_storev(enum rseq_index index, intptr_t *v, intptr_t expect, void *dst,
                                  const void *src, size_t len, intptr_t newv, int cpu);
 
+// p = *ptr + off; *p += inc. The pointer is loaded inside the section: after a
+// writer swaps *ptr and fences, no section adds through the old pointer any more.
+int rseq_offset_deref_addv(enum rseq_index index, intptr_t *ptr, long off, intptr_t inc,
+                           int cpu);
+
 // CAS-mode twins: the same results (never ABORT) with atomics, for any thread on any
 // CPU's data. addv, cmpeqv_storev: exact atomic equivalents. The two try-store
 // variants publish *v with a release CAS after the try-store; in CAS mode their
 // try-store target must belong to the caller until the commit (a claimed slot).
 int rseq_cas_addv(intptr_t *v, intptr_t count);
 int rseq_cas_cmpeqv_storev(intptr_t *v, intptr_t expect, intptr_t newv);
+// Not fence-safe: a CAS-mode user must not rely on fences (it needs none).
+int rseq_cas_offset_deref_addv(intptr_t *ptr, long off, intptr_t inc);
 int rseq_cas_cmpeqv_trystorev_storev(intptr_t *v, intptr_t expect, intptr_t *v2, intptr_t newv2,
                                      intptr_t newv);
 int rseq_cas_cmpeqv_trymemcpy_storev(intptr_t *v, intptr_t expect, void *dst, const void *src,

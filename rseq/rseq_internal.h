@@ -13,7 +13,8 @@
   X(1, "rseq_cmpeqv_storev", 0x6)                             \
   X(2, "rseq_cmpnev_storeoffp_load", 0x6)                     \
   X(3, "rseq_cmpeqv_trystorev_storev", 0x6)                   \
-  X(4, "rseq_cmpeqv_trymemcpy_storev", 0x6)
+  X(4, "rseq_cmpeqv_trymemcpy_storev", 0x6)                   \
+  X(5, "rseq_offset_deref_addv", 0x2)
 
 #define RSEQ_SECTION_MAX 16
 

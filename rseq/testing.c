@@ -1,0 +1,154 @@
+#include "rseq/testing.h"
+
+#include <errno.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char command_line[1024];
+static char context[512];
+
+void test_init(int argc, char **argv) {
+  size_t n = 0;
+  for (int i = 0; i < argc && n < sizeof command_line - 2; i++)
+    n += (size_t)snprintf(command_line + n, sizeof command_line - n, "%s%s", i ? " " : "",
+                          argv[i]);
+  setvbuf(stdout, NULL, _IOLBF, 0);
+}
+
+void test_context(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(context, sizeof context, fmt, ap);
+  va_end(ap);
+}
+
+void test_fail(const char *file, int line, const char *cond, const char *fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  fflush(stdout);
+  fprintf(stderr, "FAIL %s:%d: %s%s%s\n  context: %s\n  command: %s\n", file, line, cond,
+          msg[0] ? ": " : "", msg, context[0] ? context : "(none)", command_line);
+  exit(1);
+}
+
+void test_skip(const char *fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  printf("SKIPPED: %s\n", msg);
+  exit(0);
+}
+
+int test_allowed_cpus(int *cpus, int max) {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) != 0) return 0;
+  int n = 0;
+  for (int c = 0; c < CPU_SETSIZE && n < max; c++)
+    if (CPU_ISSET(c, &set)) cpus[n++] = c;
+  return n;
+}
+
+int test_pin(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  return sched_setaffinity(0, sizeof set, &set);
+}
+
+int test_unpin(const int *cpus, int n) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (int i = 0; i < n; i++) CPU_SET(cpus[i], &set);
+  return sched_setaffinity(0, sizeof set, &set);
+}
+
+static int install_seccomp_nosys_rseq(void) {
+  struct sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_rseq, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA)),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  struct sock_fprog prog = {.len = sizeof filter / sizeof filter[0], .filter = filter};
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -1;
+  return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
+}
+
+extern char **environ;
+
+int test_run_self(char *const args[], char *const env[], bool seccomp_nosys_rseq, char *out,
+                  size_t out_size) {
+  int fds[2] = {-1, -1};
+  if (out && pipe(fds) != 0) return -1;
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    if (out) {
+      dup2(fds[1], 1);
+      dup2(fds[1], 2);
+      close(fds[0]);
+      close(fds[1]);
+    }
+    for (int i = 0; env && env[i]; i++) putenv(env[i]);
+    if (seccomp_nosys_rseq && install_seccomp_nosys_rseq() != 0) {
+      perror("seccomp");
+      _exit(126);
+    }
+    char *argv[64];
+    int n = 0;
+    argv[n++] = "self";
+    for (int i = 0; args[i] && n < 63; i++) argv[n++] = args[i];
+    argv[n] = NULL;
+    execve("/proc/self/exe", argv, environ);
+    _exit(127);
+  }
+  if (out) {
+    close(fds[1]);
+    size_t len = 0;
+    for (;;) {
+      ssize_t r = read(fds[0], out + len, out_size - 1 - len);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) break;
+      len += (size_t)r;
+      if (len >= out_size - 1) {
+        char sink[4096];  // keep draining so the child never blocks on a full pipe
+        while (read(fds[0], sink, sizeof sink) > 0) {
+        }
+        break;
+      }
+    }
+    out[len] = 0;
+    close(fds[0]);
+  }
+  int status;
+  while (waitpid(pid, &status, 0) < 0)
+    if (errno != EINTR) return -1;
+  return status;
+}
+
+uint64_t test_seed(uint64_t fallback) {
+  const char *s = getenv("TEST_SEED");
+  if (s && *s) return strtoull(s, NULL, 0);
+  return fallback;
+}
