@@ -75,7 +75,7 @@ struct cpu_log {
 };
 
 static intptr_t *sums;           // [ncpu], rseq_addv
-static intptr_t *deref_sums[2];  // [ncpu] each, rseq_offset_deref_addv through deref_base
+static intptr_t *deref_sums[1];  // [ncpu], rseq_offset_deref_addv through deref_base
 static intptr_t deref_base;
 static struct rseq_list *lists;  // [ncpu]
 static struct node *nodes;
@@ -450,6 +450,19 @@ int main(int argc, char **argv) {
             "section %s never aborted in %d rounds (%.1f s): its abort path was not taken",
             used_sections_rseq[s], rounds, secs);
   }
+  if (logs) {
+    for (int c = 0; c < ncpu; c++) {
+      free(logs[c].items);
+      free(logs[c].records);
+    }
+    free(logs);
+  }
+  free(seen);
+  free(w);
+  free(nodes);
+  free(lists);
+  free(deref_sums[0]);
+  free(sums);
   printf("PASS\n");
   return 0;
 }

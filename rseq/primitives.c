@@ -289,6 +289,7 @@ RSEQ_NOINLINE int rseq_cmpnev_storeoffp_load(enum rseq_index index, intptr_t *v,
                  [expectnot] "r"(expectnot), [voffp] "r"(voffp), [load] "r"(load)
                : "memory", "cc", "rax", "rbx" RSEQ_INJECT_CLOBBER
                : abort, cmpfail, error_cpu, error_value);
+  CCACHE_MSAN_UNPOISON(load, sizeof *load);  // written by the asm
   return after_commit(id, v);
 abort:
   return after_abort(id);
@@ -335,6 +336,7 @@ RSEQ_NOINLINE int rseq_cmpeqv_trystorev_storev(enum rseq_index index, intptr_t *
                  [expect] "r"(expect), [v2] "r"(v2), [newv2] "r"(newv2), [newv] "r"(newv)
                : "memory", "cc", "rax" RSEQ_INJECT_CLOBBER
                : abort, cmpfail, error_cpu, error_value);
+  CCACHE_MSAN_UNPOISON(v2, sizeof *v2);  // written by the asm
   return after_commit(id, v);
 abort:
   return after_abort(id);
@@ -396,6 +398,7 @@ RSEQ_NOINLINE int rseq_cmpeqv_trymemcpy_storev(enum rseq_index index, intptr_t *
                  [newv] "r"(newv)
                : "memory", "cc", "rax", "rcx" RSEQ_INJECT_CLOBBER
                : abort, cmpfail, error_cpu, error_value);
+  CCACHE_MSAN_COPY_SHADOW(dst, src, len);  // the asm copied the bytes, not their shadow
   return after_commit(id, v);
 abort:
   return after_abort(id);

@@ -64,15 +64,19 @@ void __tsan_release(void *addr);
 #endif
 
 // --- MSan: memory we hand out from a cache is uninitialized as far as the user is
-// concerned, even if our own free-list link was written there.
+// concerned, even if our own free-list link was written there. Stores made inside
+// inline asm are invisible to MSan: the callers mark what the asm wrote.
 #if CCACHE_HAVE_MSAN
 void __msan_poison(const volatile void *a, size_t size);
 void __msan_unpoison(const volatile void *a, size_t size);
+void __msan_copy_shadow(const volatile void *dst, const volatile void *src, size_t size);
 #define CCACHE_MSAN_POISON(p, n) __msan_poison((p), (n))
 #define CCACHE_MSAN_UNPOISON(p, n) __msan_unpoison((p), (n))
+#define CCACHE_MSAN_COPY_SHADOW(dst, src, n) __msan_copy_shadow((dst), (src), (n))
 #else
 #define CCACHE_MSAN_POISON(p, n) ((void)(p), (void)(n))
 #define CCACHE_MSAN_UNPOISON(p, n) ((void)(p), (void)(n))
+#define CCACHE_MSAN_COPY_SHADOW(dst, src, n) ((void)(dst), (void)(src), (void)(n))
 #endif
 
 // Names of the sanitizers in this build, for test logs ("none" when none).
