@@ -62,6 +62,22 @@ static void check_file_sections(void) {
             (unsigned long)sh[i].sh_addralign);
     }
   }
+  // Injection leaves a trace (the loop-count array the delay loops read) only in the
+  // variants built for it: release targets carry none of it.
+  int inject_symbol = 0;
+  for (int i = 0; i < eh->e_shnum; i++) {
+    if (sh[i].sh_type != SHT_SYMTAB) continue;
+    const Elf64_Sym *sym = (const Elf64_Sym *)(f + sh[i].sh_offset);
+    const char *str = (const char *)f + sh[sh[i].sh_link].sh_offset;
+    for (size_t k = 0; k < sh[i].sh_size / sizeof *sym; k++)
+      inject_symbol |= strcmp(str + sym[k].st_name, "rseq_inject_loops") == 0;
+  }
+#ifdef EXPECT_INJECT
+  CHECK(inject_symbol, "the inject variant lacks rseq_inject_loops");
+#else
+  CHECK(!inject_symbol, "a non-inject variant carries rseq_inject_loops");
+#endif
+  CHECK_EQ(rseq_inject_enabled(), inject_symbol);
   for (size_t w = 0; w < sizeof want / sizeof want[0]; w++)
     CHECK(want[w].found == 1, "section %s found %d times in the ELF file", want[w].name,
           want[w].found);
