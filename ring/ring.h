@@ -1,0 +1,109 @@
+// ring.h: a per-CPU multi-producer, single-consumer ring.
+//
+// Producers offer into the shard of the CPU (or mm_cid) they run on; one consumer
+// polls every shard, round-robin, so no shard starves. Two modes per instance:
+//
+//   RSEQ  a producer commits the new head of its CPU's shard with one rseq critical
+//         section (the item is stored in the slot first, the head store commits it).
+//         Producers on one CPU are serialized by the kernel, so no atomics are needed.
+//   CAS   the reference: each shard is a bounded MPSC queue where producers claim a
+//         slot with a CAS on the head and publish it through a per-slot sequence
+//         number. Correct for any number of producers on any shard.
+//
+// Memory layout (one shard per possible CPU, each on its own cache lines):
+//
+//   shard[c]:  | head (producers) | tail (consumer) | counters |  slots -> [cap]
+//   slot:      | seq (CAS mode) | payload: a pointer, or a record of record_size bytes |
+//
+// Positions (head, tail) are free-running uintptr_t counters; a slot is pos & (cap-1).
+// They wrap around at 2^64 (tests start them just below the wrap point).
+//
+// Guarantees (tested in ring_test.c): every offered item is polled exactly once;
+// FIFO per producer while it stays on one CPU; an offer never overwrites an unread
+// item and never blocks; FULL and EMPTY are exact at the capacity boundaries.
+#ifndef CCACHE_RING_RING_H_
+#define CCACHE_RING_RING_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rseq/rseq.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum {
+  RING_OK = 0,
+  RING_FULL = 1,   // ring_offer: the shard of this CPU holds capacity unread items
+  RING_EMPTY = 2,  // ring_poll: no shard holds a committed item
+};
+
+#define RING_RECORD_MAX 64
+
+struct ring_options {
+  enum rseq_mode mode;    // RSEQ, CAS or AUTO
+  enum rseq_index index;  // cpu_id or mm_cid
+  // 0: items are pointers (ring_offer/ring_poll). 1..64: fixed-size records
+  // (ring_offer_record/ring_poll_record).
+  size_t record_size;
+  // Tests: the starting value of every head and tail (to start just below the wrap).
+  uintptr_t initial_position;
+};
+
+struct ring;
+
+// capacity_per_cpu must be a power of two >= 2; else NULL with errno EINVAL. Also
+// EINVAL for a record_size over 64 or an invalid mode/index; ENOSYS/EOPNOTSUPP when
+// RSEQ mode was requested but cannot be had; ENOMEM.
+struct ring *ring_create(size_t capacity_per_cpu, const struct ring_options *options);
+void ring_destroy(struct ring *r);
+
+// The mode the ring runs in, and why it is CAS when it is ("" for RSEQ).
+enum rseq_mode ring_mode(const struct ring *r);
+enum rseq_index ring_index(const struct ring *r);
+const char *ring_mode_reason(const struct ring *r);
+int ring_shards(const struct ring *r);
+size_t ring_capacity(const struct ring *r);
+
+// Producers (any thread, and async-signal-safe: no locks, no allocation).
+// RING_OK or RING_FULL; -1 with errno EINVAL on a ring of the other payload kind.
+int ring_offer(struct ring *r, void *item);
+// Offers items in order until one is refused; returns how many were offered.
+size_t ring_offer_batch(struct ring *r, void *const *items, size_t n);
+int ring_offer_record(struct ring *r, const void *record);
+
+// The consumer (one thread at a time). RING_OK or RING_EMPTY; -1 with errno EINVAL on
+// a ring of the other payload kind, or (builds without NDEBUG) -1 with errno EPERM and
+// a message on stderr when a second thread polls while another is the consumer.
+int ring_poll(struct ring *r, void **item);
+// Like ring_poll, and tells which shard the item came from (for FIFO checks).
+int ring_poll_shard(struct ring *r, void **item, int *shard);
+// Polls up to max items, round-robin over the shards; returns how many (or -1 as above).
+long ring_poll_batch(struct ring *r, void **items, size_t max);
+int ring_poll_record(struct ring *r, void *record);
+// Hands the consumer role on: the next thread that polls becomes the consumer.
+void ring_consumer_release(struct ring *r);
+
+struct ring_cpu_stats {
+  uint64_t offered;  // items committed into this shard
+  uint64_t polled;   // items the consumer took from it
+  uint64_t full;     // offers refused because it was full
+};
+
+struct ring_stats {
+  const char *offer_section;  // the critical section that commits offers (RSEQ mode)
+  uint64_t offer_commits;     // offers committed, all shards
+  uint64_t offer_aborts;      // offer sections the kernel aborted (RSEQ mode)
+  uint64_t offer_retries;     // offers retried because the head moved (CAS fail or cmpfail)
+};
+
+// Per-shard counters (shard in [0, ring_shards)); -1 with errno EINVAL when out of range.
+int ring_cpu_stats(const struct ring *r, int shard, struct ring_cpu_stats *out);
+void ring_stats(const struct ring *r, struct ring_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif  // CCACHE_RING_RING_H_

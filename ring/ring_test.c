@@ -1,0 +1,330 @@
+// ring_test: single-threaded guarantees of the ring, each in RSEQ and CAS mode and with
+// both indexes, driven through fake CPUs so every shard is reached deterministically:
+//   - bad arguments: EINVAL / ENOSYS, nothing created;
+//   - FULL and EMPTY exact at the capacity boundaries, per shard; counters exact;
+//   - FIFO per shard; round-robin across shards (no starvation);
+//   - position wrap-around: positions start just below 2^64;
+//   - records of every size 1..64 survive the copy;
+//   - a seeded random sequence of offers, polls and batches on random fake CPUs gives
+//     results identical to a model, and identical in both modes;
+//   - a second consumer thread gets EPERM (builds without NDEBUG).
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ring/ring.h"
+#include "rseq/testing.h"
+
+static int nmodes;
+static struct {
+  enum rseq_mode mode;
+  enum rseq_index index;
+} modes[4];
+
+static struct ring *make(enum rseq_mode mode, enum rseq_index index, size_t cap, size_t rec,
+                         uintptr_t initial) {
+  struct ring_options o = {mode, index, rec, initial};
+  struct ring *r = ring_create(cap, &o);
+  CHECK(r != NULL, "ring_create(%zu): errno %d", cap, errno);
+  CHECK_EQ(ring_mode(r), mode);
+  return r;
+}
+
+static void test_bad_arguments(void) {
+  size_t bad[] = {0, 1, 3, 6, 100, 1000};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    struct ring_options o = {RSEQ_MODE_CAS, RSEQ_INDEX_CPU_ID, 0, 0};
+    errno = 0;
+    CHECK(ring_create(bad[i], &o) == NULL && errno == EINVAL, "capacity %zu", bad[i]);
+  }
+  struct ring_options o = {RSEQ_MODE_CAS, RSEQ_INDEX_CPU_ID, RING_RECORD_MAX + 1, 0};
+  errno = 0;
+  CHECK(ring_create(8, &o) == NULL && errno == EINVAL, "record size 65");
+  o = (struct ring_options){(enum rseq_mode)7, RSEQ_INDEX_CPU_ID, 0, 0};
+  errno = 0;
+  CHECK(ring_create(8, &o) == NULL && errno == EINVAL, "bad mode");
+  // The other payload kind is refused, nothing changes.
+  struct ring *r = make(RSEQ_MODE_CAS, RSEQ_INDEX_CPU_ID, 8, 0, 0);
+  char rec[8] = {0};
+  errno = 0;
+  CHECK(ring_offer_record(r, rec) == -1 && errno == EINVAL);
+  errno = 0;
+  CHECK(ring_poll_record(r, rec) == -1 && errno == EINVAL);
+  void *item;
+  CHECK_EQ(ring_poll(r, &item), RING_EMPTY);
+  ring_destroy(r);
+  r = make(RSEQ_MODE_CAS, RSEQ_INDEX_CPU_ID, 8, 16, 0);
+  errno = 0;
+  CHECK(ring_offer(r, NULL) == -1 && errno == EINVAL);
+  ring_destroy(r);
+  printf("ok: bad arguments refused with EINVAL\n");
+}
+
+// Fill every shard to the brim and drain it, exactly.
+static void test_boundaries(enum rseq_mode mode, enum rseq_index index, uintptr_t initial) {
+  test_context("boundaries mode=%s index=%s initial=%#lx", rseq_mode_name(mode),
+               rseq_index_name(index), (unsigned long)initial);
+  const size_t cap = 8;
+  struct ring *r = make(mode, index, cap, 0, initial);
+  int n = ring_shards(r);
+  for (int lap = 0; lap < 5; lap++) {
+    for (int c = 0; c < n; c++) {
+      rseq_fake_cpu_set(c);
+      for (size_t k = 0; k < cap; k++)
+        CHECK_EQ(ring_offer(r, (void *)(uintptr_t)(c * 1000 + k + 1)), RING_OK);
+      CHECK_EQ(ring_offer(r, (void *)1), RING_FULL);
+      CHECK_EQ(ring_offer(r, (void *)1), RING_FULL);
+    }
+    // Round-robin: one item from each shard in turn (starting wherever the cursor
+    // was left), FIFO within a shard.
+    int first = -1;
+    for (size_t k = 0; k < cap; k++) {
+      for (int i = 0; i < n; i++) {
+        void *item;
+        int shard;
+        CHECK_EQ(ring_poll_shard(r, &item, &shard), RING_OK);
+        if (first < 0) first = shard;
+        int c = (first + i) % n;
+        CHECK_EQ(shard, c);
+        CHECK_EQ((uintptr_t)item, (uintptr_t)(c * 1000 + k + 1));
+      }
+    }
+    void *item;
+    CHECK_EQ(ring_poll(r, &item), RING_EMPTY);
+    // One slot free again after one poll: exactly one more offer fits.
+    rseq_fake_cpu_set(0);
+    for (size_t k = 0; k < cap; k++) CHECK_EQ(ring_offer(r, (void *)(k + 1)), RING_OK);
+    CHECK_EQ(ring_poll(r, &item), RING_OK);
+    CHECK_EQ(ring_offer(r, (void *)99), RING_OK);
+    CHECK_EQ(ring_offer(r, (void *)100), RING_FULL);
+    void *batch[64];
+    CHECK_EQ(ring_poll_batch(r, batch, 64), (long)cap);
+    for (size_t k = 0; k + 1 < cap; k++) CHECK_EQ((uintptr_t)batch[k], k + 2);
+    CHECK_EQ((uintptr_t)batch[cap - 1], 99);
+    CHECK_EQ(ring_poll_batch(r, batch, 64), 0);
+  }
+  for (int c = 0; c < n; c++) {
+    struct ring_cpu_stats st;
+    CHECK(ring_cpu_stats(r, c, &st) == 0);
+    uint64_t want = 5 * (cap + (c == 0 ? cap + 1 : 0));
+    CHECK(st.offered == want && st.polled == want, "shard %d offered %lu polled %lu want %lu", c,
+          (unsigned long)st.offered, (unsigned long)st.polled, (unsigned long)want);
+    CHECK_EQ(st.full, 5 * (2 + (c == 0)));
+  }
+  struct ring_stats rs;
+  ring_stats(r, &rs);
+  CHECK_EQ(rs.offer_aborts, 0);  // fake CPUs: the kernel never aborts
+  ring_destroy(r);
+}
+
+static void test_records(enum rseq_mode mode, enum rseq_index index) {
+  test_context("records mode=%s index=%s", rseq_mode_name(mode), rseq_index_name(index));
+  for (size_t size = 1; size <= RING_RECORD_MAX; size++) {
+    struct ring *r = make(mode, index, 4, size, UINTPTR_MAX - 2);
+    unsigned char in[RING_RECORD_MAX], out[RING_RECORD_MAX + 1];
+    for (int round = 0; round < 3; round++) {
+      for (int k = 0; k < 4; k++) {
+        for (size_t b = 0; b < size; b++) in[b] = (unsigned char)(size * 31 + b * 7 + k + round);
+        CHECK_EQ(ring_offer_record(r, in), RING_OK);
+      }
+      CHECK_EQ(ring_offer_record(r, in), RING_FULL);
+      for (int k = 0; k < 4; k++) {
+        memset(out, 0xEE, sizeof out);
+        CHECK_EQ(ring_poll_record(r, out), RING_OK);
+        for (size_t b = 0; b < size; b++)
+          CHECK(out[b] == (unsigned char)(size * 31 + b * 7 + k + round), "size %zu byte %zu", size,
+                b);
+        CHECK(out[size] == 0xEE, "record of %zu bytes wrote past its end", size);
+      }
+      CHECK_EQ(ring_poll_record(r, out), RING_EMPTY);
+    }
+    ring_destroy(r);
+  }
+}
+
+// A model of the ring: one FIFO per shard and the round-robin cursor.
+#define MODEL_CAP 16
+struct model {
+  uintptr_t q[64][MODEL_CAP];
+  int head[64], len[64];
+  int next;
+  int n;
+};
+
+static int model_offer(struct model *m, int c, uintptr_t v) {
+  if (m->len[c] == MODEL_CAP) return RING_FULL;
+  m->q[c][(m->head[c] + m->len[c]++) % MODEL_CAP] = v;
+  return RING_OK;
+}
+
+static int model_poll(struct model *m, uintptr_t *v) {
+  for (int i = 0; i < m->n; i++) {
+    int c = (m->next + i) % m->n;
+    if (m->len[c]) {
+      *v = m->q[c][m->head[c]];
+      m->head[c] = (m->head[c] + 1) % MODEL_CAP;
+      m->len[c]--;
+      m->next = (c + 1) % m->n;
+      return RING_OK;
+    }
+  }
+  return RING_EMPTY;
+}
+
+// The batch contract: round-robin from the cursor, at most max/shards + 1 items from a
+// shard per visit, until max items or a full pass over empty shards.
+static long model_poll_batch(struct model *m, uintptr_t *out, size_t max) {
+  size_t got = 0, chunk = max / (size_t)m->n + 1;
+  int idle = 0, c = m->next;
+  while (got < max && idle < m->n) {
+    size_t want = max - got < chunk ? max - got : chunk, k = 0;
+    for (; k < want && m->len[c]; k++) {
+      out[got++] = m->q[c][m->head[c]];
+      m->head[c] = (m->head[c] + 1) % MODEL_CAP;
+      m->len[c]--;
+    }
+    idle = k ? 0 : idle + 1;
+    c = (c + 1) % m->n;
+  }
+  m->next = c;
+  return (long)got;
+}
+
+// The observable trace of a random sequence, as a hash; checked against the model.
+static uint64_t run_sequence(enum rseq_mode mode, enum rseq_index index, uint64_t seed) {
+  test_context("sequence mode=%s index=%s seed=%lu (TEST_SEED=%lu reproduces)", rseq_mode_name(mode),
+               rseq_index_name(index), (unsigned long)seed, (unsigned long)seed);
+  struct ring *r = make(mode, index, MODEL_CAP, 0, UINTPTR_MAX - 40);
+  static struct model m;
+  memset(&m, 0, sizeof m);
+  m.n = ring_shards(r) < 64 ? ring_shards(r) : 64;
+  uint64_t rng = seed, hash = 1469598103934665603ULL;
+  uintptr_t value = 1;
+  for (int op = 0; op < 20000; op++) {
+    uint64_t x = test_rand(&rng);
+    int c = (int)(x % (uint64_t)m.n);
+    rseq_fake_cpu_set(c);
+    int res;
+    uintptr_t got = 0;
+    switch ((x >> 16) % 4) {
+      case 0:
+      case 1: {
+        res = ring_offer(r, (void *)value);
+        CHECK(res == model_offer(&m, c, value), "op %d: offer on shard %d", op, c);
+        value++;
+        break;
+      }
+      case 2: {
+        void *item;
+        res = ring_poll(r, &item);
+        uintptr_t want;
+        CHECK(res == model_poll(&m, &want), "op %d: poll", op);
+        got = (uintptr_t)item;
+        if (res == RING_OK) CHECK(got == want, "op %d: polled %lu, model %lu", op, got, want);
+        break;
+      }
+      default: {
+        void *batch[8];
+        uintptr_t want_items[8];
+        size_t want_n = (x >> 24) % 9;
+        long n = ring_poll_batch(r, batch, want_n);
+        long mn = model_poll_batch(&m, want_items, want_n);
+        CHECK(n == mn, "op %d: batch of %zu gave %ld, model %ld", op, want_n, n, mn);
+        for (long k = 0; k < n; k++) {
+          CHECK((uintptr_t)batch[k] == want_items[k], "op %d: batch item %ld", op, k);
+          got ^= (uintptr_t)batch[k] * (uintptr_t)(k + 1);
+        }
+        res = (int)n;
+        break;
+      }
+    }
+    hash = (hash ^ (uint64_t)res ^ (got << 8)) * 1099511628211ULL;
+  }
+  // Drain and compare the leftovers.
+  void *item;
+  uintptr_t want;
+  while (model_poll(&m, &want) == RING_OK) {
+    CHECK_EQ(ring_poll(r, &item), RING_OK);
+    CHECK((uintptr_t)item == want, "drain: %lu, model %lu", (unsigned long)(uintptr_t)item,
+          (unsigned long)want);
+    hash = (hash ^ (uintptr_t)item) * 1099511628211ULL;
+  }
+  CHECK_EQ(ring_poll(r, &item), RING_EMPTY);
+  ring_destroy(r);
+  return hash;
+}
+
+static struct ring *shared_ring;
+static void *second_consumer(void *arg) {
+  (void)arg;
+  void *item;
+  errno = 0;
+  int rc = ring_poll(shared_ring, &item);
+  return (void *)(intptr_t)(rc == -1 && errno == EPERM);
+}
+
+static void test_single_consumer(void) {
+#ifdef NDEBUG
+  printf("SKIPPED: single-consumer check: compiled out with NDEBUG\n");
+#else
+  shared_ring = make(RSEQ_MODE_CAS, RSEQ_INDEX_CPU_ID, 8, 0, 0);
+  void *item;
+  CHECK_EQ(ring_poll(shared_ring, &item), RING_EMPTY);  // we are the consumer now
+  pthread_t t;
+  void *refused;
+  CHECK(pthread_create(&t, NULL, second_consumer, NULL) == 0);
+  pthread_join(t, &refused);
+  CHECK(refused == (void *)1, "a second consumer thread was not refused with EPERM");
+  ring_consumer_release(shared_ring);
+  CHECK(pthread_create(&t, NULL, second_consumer, NULL) == 0);
+  pthread_join(t, &refused);
+  CHECK(refused == (void *)0, "after ring_consumer_release another thread may consume");
+  ring_destroy(shared_ring);
+  printf("ok: a second consumer thread gets EPERM; ring_consumer_release hands over\n");
+#endif
+}
+
+int main(int argc, char **argv) {
+  test_init(argc, argv);
+  test_bad_arguments();
+  test_single_consumer();
+  if (!rseq_available()) test_skip("fake CPUs need rseq: %s", rseq_unavailable_reason());
+  CHECK(rseq_fake_cpu_enter() == 0);
+  for (int mode = RSEQ_MODE_RSEQ; mode <= RSEQ_MODE_CAS; mode++)
+    for (int index = 0; index <= 1; index++) {
+      struct rseq_percpu_mode m;
+      const char *why;
+      if (rseq_resolve_mode((enum rseq_mode)mode, (enum rseq_index)index, &m, &why) != 0) {
+        printf("SKIPPED: mode %s index %s: %s\n", rseq_mode_name(mode), rseq_index_name(index), why);
+        continue;
+      }
+      modes[nmodes].mode = (enum rseq_mode)mode;
+      modes[nmodes++].index = (enum rseq_index)index;
+    }
+  for (int i = 0; i < nmodes; i++) {
+    test_boundaries(modes[i].mode, modes[i].index, 0);
+    test_boundaries(modes[i].mode, modes[i].index, UINTPTR_MAX - 11);  // wraps mid-test
+    test_records(modes[i].mode, modes[i].index);
+    printf("ok: mode=%s index=%s: boundaries, wrap-around, records\n",
+           rseq_mode_name(modes[i].mode), rseq_index_name(modes[i].index));
+  }
+  uint64_t seed0 = test_seed(42);
+  for (uint64_t seed = seed0; seed < seed0 + 5; seed++) {
+    uint64_t first = 0;
+    for (int i = 0; i < nmodes; i++) {
+      uint64_t h = run_sequence(modes[i].mode, modes[i].index, seed);
+      if (i == 0) first = h;
+      CHECK(h == first, "seed %lu: mode %s index %s trace differs from mode %s", (unsigned long)seed,
+            rseq_mode_name(modes[i].mode), rseq_index_name(modes[i].index),
+            rseq_mode_name(modes[0].mode));
+    }
+    printf("ok: seed %lu: %d modes gave identical traces, all matching the model\n",
+           (unsigned long)seed, nmodes);
+  }
+  CHECK(rseq_fake_cpu_exit() == 0);
+  printf("PASS\n");
+  return 0;
+}
