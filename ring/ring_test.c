@@ -222,8 +222,10 @@ static uint64_t run_sequence(enum rseq_mode mode, enum rseq_index index, uint64_
         res = ring_poll(r, &item);
         uintptr_t want;
         CHECK(res == model_poll(&m, &want), "op %d: poll", op);
-        got = (uintptr_t)item;
-        if (res == RING_OK) CHECK(got == want, "op %d: polled %lu, model %lu", op, got, want);
+        if (res == RING_OK) {
+          got = (uintptr_t)item;
+          CHECK(got == want, "op %d: polled %lu, model %lu", op, got, want);
+        }
         break;
       }
       default: {

@@ -17,7 +17,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -109,25 +108,17 @@ struct worker {
   int id;
   long adds, deref_adds, appends, records;
   uint64_t rng;
-  timer_t timer;
+  void *timer;
 };
 
 static _Atomic int stop_flag;  // relaxed: a hint to stop early, checked each iteration
 
 static void start_timer(struct worker *w) {
-  if (opt.signal_us <= 0) return;
-  struct sigevent ev;
-  memset(&ev, 0, sizeof ev);
-  ev.sigev_notify = SIGEV_THREAD_ID;
-  ev.sigev_signo = SIGUSR1;
-  ev._sigev_un._tid = (pid_t)syscall(SYS_gettid);
-  CHECK(timer_create(CLOCK_MONOTONIC, &ev, &w->timer) == 0);
-  struct itimerspec its = {{0, opt.signal_us * 1000}, {0, opt.signal_us * 1000}};
-  CHECK(timer_settime(w->timer, 0, &its, NULL) == 0);
+  if (opt.signal_us > 0) CHECK(test_thread_timer_start(&w->timer, SIGUSR1, opt.signal_us) == 0);
 }
 
 static void stop_timer(struct worker *w) {
-  if (opt.signal_us > 0) timer_delete(w->timer);
+  if (opt.signal_us > 0) test_thread_timer_stop(w->timer);
 }
 
 static void do_add(struct worker *w) {

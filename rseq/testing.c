@@ -5,6 +5,7 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -13,6 +14,7 @@
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static char command_line[1024];
@@ -152,3 +154,25 @@ uint64_t test_seed(uint64_t fallback) {
   if (s && *s) return strtoull(s, NULL, 0);
   return fallback;
 }
+
+int test_thread_timer_start(void **timer, int signo, long period_us) {
+  struct sigevent ev;
+  memset(&ev, 0, sizeof ev);
+  ev.sigev_notify = SIGEV_THREAD_ID;
+  ev.sigev_signo = signo;
+  ev._sigev_un._tid = (pid_t)syscall(SYS_gettid);
+  timer_t t = 0;  // initialized: MSan does not see timer_create write it
+  if (timer_create(CLOCK_MONOTONIC, &ev, &t) != 0) return -1;
+  struct itimerspec its = {{period_us / 1000000, (period_us % 1000000) * 1000},
+                           {period_us / 1000000, (period_us % 1000000) * 1000}};
+  if (timer_settime(t, 0, &its, NULL) != 0) {
+    timer_delete(t);
+    return -1;
+  }
+  *timer = (void *)t;
+  return 0;
+}
+
+void test_thread_timer_stop(void *timer) { timer_delete((timer_t)timer); }
+
+int test_gettid(void) { return (int)syscall(SYS_gettid); }

@@ -45,6 +45,13 @@ int test_unpin(const int *cpus, int n);
 int test_run_self(char *const args[], char *const env[], bool seccomp_nosys_rseq, char *out,
                   size_t out_size);
 
+// A per-thread POSIX timer (SIGEV_THREAD_ID) that sends `signo` to the calling thread
+// every `period_us`. Returns 0 or -1; stop it with test_thread_timer_stop().
+int test_thread_timer_start(void **timer, int signo, long period_us);
+void test_thread_timer_stop(void *timer);
+// The calling thread's kernel thread id.
+int test_gettid(void);
+
 // xorshift64*: deterministic per seed.
 static inline uint64_t test_rand(uint64_t *state) {
   uint64_t x = *state;
