@@ -18,8 +18,14 @@ struct ring_shard {
   // Producers' position. RSEQ: written only by the committing store of an offer section
   // on this CPU. CAS: claimed with a CAS by any producer.
   _Alignas(CACHELINE) uintptr_t head;
+  // RSEQ producers' copy of tail, so an offer reads the consumer's cache line only when
+  // the shard looks full. Any producer may store a value it read from tail; a stale
+  // (smaller) value only makes the full check conservative.
+  uintptr_t tail_seen;
   // The consumer's position: written only by the consumer.
   _Alignas(CACHELINE) uintptr_t tail;
+  // The consumer's copy of head (RSEQ mode): items up to it are known committed.
+  uintptr_t head_seen;
   // Relaxed counters: statistics, bumped on the rare paths only.
   _Alignas(CACHELINE) _Atomic uint64_t full;
   _Atomic uint64_t aborts;
@@ -105,7 +111,7 @@ struct ring *ring_create(size_t capacity, const struct ring_options *options) {
   memset(r->shards, 0, sizeof *r->shards * (size_t)r->nshards);
   for (int c = 0; c < r->nshards; c++) {
     struct ring_shard *s = &r->shards[c];
-    s->head = s->tail = r->initial;
+    s->head = s->tail = s->tail_seen = s->head_seen = r->initial;
     s->slots = aligned_alloc(CACHELINE, (capacity * r->slot_size + CACHELINE - 1) & ~(size_t)(CACHELINE - 1));
     if (!s->slots) {
       ring_destroy(r);
@@ -179,19 +185,23 @@ static int rseq_offer(struct ring *r, const void *payload) {
     // Relaxed: head changes only through sections on this CPU, and the section
     // re-checks it before committing.
     uintptr_t h = __atomic_load_n(&s->head, __ATOMIC_RELAXED);
-    // Acquire: pairs with the consumer's release of tail: the slots it freed are
-    // no longer being read when we overwrite them.
-    uintptr_t t = __atomic_load_n(&s->tail, __ATOMIC_ACQUIRE);
+    // Relaxed: tail_seen is only a hint; the acquire load below decides when it says full.
+    uintptr_t t = __atomic_load_n(&s->tail_seen, __ATOMIC_RELAXED);
     if (h - t >= r->capacity) {
-      // A stale tail only makes this conservative: never an overwrite.
-      atomic_fetch_add_explicit(&s->full, 1, memory_order_relaxed);
-      return RING_FULL;
+      // Acquire: pairs with the consumer's release of tail: the slots it freed are
+      // no longer being read when we overwrite them.
+      t = __atomic_load_n(&s->tail, __ATOMIC_ACQUIRE);
+      // Relaxed: a hint for the next offers (a stale tail only makes them conservative).
+      __atomic_store_n(&s->tail_seen, t, __ATOMIC_RELAXED);
+      if (h - t >= r->capacity) {
+        atomic_fetch_add_explicit(&s->full, 1, memory_order_relaxed);
+        return RING_FULL;
+      }
     }
     struct slot *slot = slot_at(r, s, h);
     int res;
     if (r->record_size == 0) {
-      intptr_t item;
-      memcpy(&item, payload, sizeof item);
+      intptr_t item = *(const intptr_t *)payload;
       // The commit (head = h + 1) is the section's last store: on x86 a store is a
       // release, so the slot's payload is visible before the new head.
       res = rseq_cmpeqv_trystorev_storev(r->mode.index, (intptr_t *)&s->head, (intptr_t)h,
@@ -271,11 +281,15 @@ void ring_consumer_release(struct ring *r) {
 static inline size_t committed_from(const struct ring *r, struct ring_shard *s, uintptr_t t,
                                     size_t max) {
   if (r->mode.mode == RSEQ_MODE_RSEQ) {
-    // Acquire: pairs with the producer's committing store (a release on x86); TSan
-    // cannot see that store inside the asm, so the producer released `head` before its
-    // section and we acquire it here.
-    uintptr_t h = __atomic_load_n(&s->head, __ATOMIC_ACQUIRE);
-    CCACHE_TSAN_ACQUIRE(&s->head);
+    uintptr_t h = s->head_seen;  // the consumer's own copy
+    if (h - t < max) {
+      // Acquire: pairs with the producer's committing store (a release on x86); TSan
+      // cannot see that store inside the asm, so the producer released `head` before
+      // its section and we acquire it here.
+      h = __atomic_load_n(&s->head, __ATOMIC_ACQUIRE);
+      CCACHE_TSAN_ACQUIRE(&s->head);
+      s->head_seen = h;
+    }
     size_t n = (size_t)(h - t);
     return n < max ? n : max;
   }
@@ -291,7 +305,10 @@ static inline void take(struct ring *r, struct ring_shard *s, uintptr_t t, size_
                         unsigned char *out) {
   for (size_t k = 0; k < n; k++) {
     struct slot *slot = slot_at(r, s, t + k);
-    memcpy(out + k * r->payload_size, slot->payload, r->payload_size);
+    if (r->record_size == 0)
+      ((void **)out)[k] = *(void **)slot->payload;
+    else
+      memcpy(out + k * r->payload_size, slot->payload, r->payload_size);
     if (r->mode.mode == RSEQ_MODE_CAS)
       // Release: we are done reading the payload before a producer may reuse the slot.
       __atomic_store_n(&slot->seq, t + k + r->capacity, __ATOMIC_RELEASE);

@@ -39,7 +39,10 @@ static pthread_key_t exit_key;
 
 // Our own area, used only in STATE_SELF. cpu_id starts as "unregistered".
 static RSEQ_TLS struct rseq_abi self_area = {.cpu_id = (uint32_t)RSEQ_CPU_ID_UNINITIALIZED};
-static RSEQ_TLS struct rseq_abi *thread_area;  // NULL until the thread is set up
+// The thread's area once set up (NULL before); read by the inline fast paths in rseq.h.
+RSEQ_TLS struct rseq_abi *rseq_tls_area_;
+#define thread_area rseq_tls_area_
+int rseq_index_limit_;
 static RSEQ_TLS enum rseq_owner thread_owner;
 static RSEQ_TLS enum rseq_owner owner_before_fake;
 
@@ -94,6 +97,8 @@ static void set_unavailable(const char *what, int err) {
 
 static void probe(void) {
   pthread_key_create(&exit_key, unregister_at_exit);
+  // Relaxed: pthread_once orders it before any area is handed out by this probe.
+  __atomic_store_n(&rseq_index_limit_, rseq_possible_cpus(), __ATOMIC_RELAXED);
   const char *env = getenv("CCACHE_RSEQ");
   if (env && strcmp(env, "0") == 0) {
     set_unavailable("disabled by CCACHE_RSEQ=0", 0);
@@ -145,10 +150,9 @@ static struct rseq_abi *thread_area_slow(void) {
   }
 }
 
-struct rseq_abi *rseq_thread_area(void) {
+struct rseq_abi *rseq_thread_area_slow_(void) {
   struct rseq_abi *a = thread_area;
-  if (__builtin_expect(a != NULL, 1)) return a;
-  return thread_area_slow();
+  return a ? a : thread_area_slow();
 }
 
 enum rseq_owner rseq_thread_owner(void) {
@@ -156,7 +160,7 @@ enum rseq_owner rseq_thread_owner(void) {
   return thread_owner;
 }
 
-int rseq_current_index(enum rseq_index index) {
+int rseq_current_index_slow_(enum rseq_index index) {
   struct rseq_abi *a = rseq_thread_area();
   if (!a) {
     errno = ENOSYS;

@@ -90,12 +90,13 @@ bool rseq_mm_cid_available(void);
 
 // The calling thread's area, registering the thread first if needed; NULL when rseq
 // is unavailable. The pointer stays valid for the thread's life.
-struct rseq_abi *rseq_thread_area(void);
+static inline struct rseq_abi *rseq_thread_area(void);
 enum rseq_owner rseq_thread_owner(void);
 
 // The current cpu_id or mm_cid of the calling thread, registering it if needed;
-// -1 when rseq is unavailable. Always < rseq_index_count(index).
-int rseq_current_index(enum rseq_index index);
+// -1 when rseq is unavailable (errno ENOSYS) or the value is out of range (ERANGE).
+// Always < rseq_index_count(index).
+static inline int rseq_current_index(enum rseq_index index);
 
 // The number of slots an array indexed by `index` needs: the number of possible CPUs
 // (/sys/devices/system/cpu/possible), not the online or allowed ones. mm_cid is
@@ -258,6 +259,35 @@ int rseq_fence_all(void);
 const char *rseq_fence_method(void);
 // Tests: force the fallback even where membarrier works.
 void rseq_fence_force_fallback(bool on);
+
+// ---------------------------------------------------------------------------------
+// Inline fast paths (the slow paths register the thread, or report errors). The names
+// ending in _ are internal to these two functions.
+
+extern __thread struct rseq_abi *rseq_tls_area_ __attribute__((tls_model("initial-exec")));
+extern int rseq_index_limit_;  // rseq_index_count(); set once, before any area is handed out
+struct rseq_abi *rseq_thread_area_slow_(void);
+int rseq_current_index_slow_(enum rseq_index index);
+
+static inline struct rseq_abi *rseq_thread_area(void) {
+  struct rseq_abi *a = rseq_tls_area_;
+  if (__builtin_expect(a != NULL, 1)) return a;
+  return rseq_thread_area_slow_();
+}
+
+static inline int rseq_current_index(enum rseq_index index) {
+  struct rseq_abi *a = rseq_tls_area_;
+  if (__builtin_expect(a != NULL, 1)) {
+    // Relaxed: the kernel writes these fields on return to user space; any current
+    // value will do, since every section re-checks it.
+    uint32_t v = index == RSEQ_INDEX_MM_CID ? __atomic_load_n(&a->mm_cid, __ATOMIC_RELAXED)
+                                            : __atomic_load_n(&a->cpu_id, __ATOMIC_RELAXED);
+    // Relaxed: written once, before this thread's area was set up.
+    if (__builtin_expect(v < (uint32_t)__atomic_load_n(&rseq_index_limit_, __ATOMIC_RELAXED), 1))
+      return (int)v;
+  }
+  return rseq_current_index_slow_(index);
+}
 
 #ifdef __cplusplus
 }
