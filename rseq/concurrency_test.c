@@ -3,6 +3,7 @@
 // few microseconds; the signal handlers run primitives too. Then, single-threaded:
 //   - per-CPU sums add up exactly to the adds that reported COMMIT;
 //   - every list node is in exactly one list, once (none lost, none duplicated);
+//   - every per-CPU stack item is in exactly one stack, once;
 //   - every log append that committed is in the logs exactly once, in order per
 //     thread and CPU, and no record copied by trymemcpy is torn;
 //   - in rseq mode, every section used was aborted at least once (it keeps running,
@@ -80,6 +81,22 @@ static struct rseq_list *lists;  // [ncpu]
 static struct node *nodes;
 static struct cpu_log *logs;     // [ncpu], rseq mode only
 static long log_capacity;
+
+// Per-CPU array stacks (rseq_percpu_stack_* / rseq_cas_stack_*), holding STACK_ITEMS
+// items that threads keep moving; a stack holds them all, so a push never finds it full.
+#define STACK_CAP 64
+#define STACK_ITEMS 32
+struct stack_region {  // rseq mode layout: stopped, {count, capacity}, slots
+  intptr_t stopped;
+  intptr_t count, capacity;
+  intptr_t slots[STACK_CAP];
+};
+struct cas_stack_region {  // CAS mode layout
+  rseq_u128_t top;
+  rseq_u128_t slots[STACK_CAP];
+};
+static struct stack_region *stacks;
+static struct cas_stack_region *cas_stacks;
 
 static _Atomic long handler_adds;  // relaxed: a total read after the threads are joined
 
@@ -190,12 +207,50 @@ static void do_record_append(struct worker *w) {
   w->records++;
 }
 
+static int stack_pop(struct worker *w, intptr_t *item) {
+  for (;;) {
+    if (mode.mode == RSEQ_MODE_CAS) {
+      struct cas_stack_region *s = &cas_stacks[test_rand(&w->rng) % (uint64_t)ncpu];
+      return rseq_cas_stack_pop(&s->top, s->slots, item);
+    }
+    int cpu = current();
+    int r = rseq_percpu_stack_pop(mode.index, (char *)stacks, sizeof *stacks,
+                                  offsetof(struct stack_region, count),
+                                  offsetof(struct stack_region, slots), item, cpu);
+    if (r != RSEQ_ABORT) return r;
+  }
+}
+
+static void stack_push(struct worker *w, intptr_t item) {
+  for (;;) {
+    int r;
+    if (mode.mode == RSEQ_MODE_CAS) {
+      struct cas_stack_region *s = &cas_stacks[test_rand(&w->rng) % (uint64_t)ncpu];
+      r = rseq_cas_stack_push(&s->top, s->slots, STACK_CAP, item);
+    } else {
+      int cpu = current();
+      r = rseq_percpu_stack_push(mode.index, (char *)stacks, sizeof *stacks,
+                                 offsetof(struct stack_region, count),
+                                 offsetof(struct stack_region, slots), item, cpu);
+    }
+    CHECK(r != RSEQ_CMPFAIL, "a stack was full with only %d items in all", STACK_ITEMS);
+    if (r == RSEQ_COMMIT) return;
+  }
+}
+
+static void do_stack_move(struct worker *w) {
+  intptr_t item;
+  if (stack_pop(w, &item) != RSEQ_COMMIT) return;  // this stack is empty
+  CHECK(item >= 1 && item <= STACK_ITEMS, "popped a stray item %ld", (long)item);
+  stack_push(w, item);
+}
+
 static void *worker_main(void *p) {
   struct worker *w = p;
   start_timer(w);
   for (long i = 0; i < opt.reps && !atomic_load_explicit(&stop_flag, memory_order_relaxed); i++) {
-    uint64_t r = test_rand(&w->rng) % 5;
-    if (mode.mode == RSEQ_MODE_CAS && r >= 3) r = test_rand(&w->rng) % 3;  // see main()
+    uint64_t r = test_rand(&w->rng) % 6;
+    if (mode.mode == RSEQ_MODE_CAS && (r == 3 || r == 4)) r = 5;  // see main()
     switch (r) {
       case 0:
         do_add(w);
@@ -212,6 +267,9 @@ static void *worker_main(void *p) {
       case 4:
         do_record_append(w);
         break;
+      case 5:
+        do_stack_move(w);
+        break;
     }
   }
   stop_timer(w);
@@ -220,7 +278,8 @@ static void *worker_main(void *p) {
 
 static const char *used_sections_rseq[] = {
     "rseq_addv", "rseq_offset_deref_addv", "rseq_cmpnev_storeoffp_load", "rseq_cmpeqv_storev",
-    "rseq_cmpeqv_trystorev_storev", "rseq_cmpeqv_trymemcpy_storev"};
+    "rseq_cmpeqv_trystorev_storev", "rseq_cmpeqv_trymemcpy_storev", "rseq_percpu_stack_pop",
+    "rseq_percpu_stack_push"};
 
 static uint64_t aborted_of(const char *name) {
   for (int i = 0; i < rseq_registry_count(); i++) {
@@ -365,6 +424,14 @@ int main(int argc, char **argv) {
     nodes[i].next = lists[0].head;
     lists[0].head = (intptr_t)&nodes[i];
   }
+  stacks = calloc((size_t)ncpu, sizeof *stacks);
+  cas_stacks = aligned_alloc(16, sizeof *cas_stacks * (size_t)ncpu);
+  memset(cas_stacks, 0, sizeof *cas_stacks * (size_t)ncpu);
+  for (int c = 0; c < ncpu; c++) stacks[c].capacity = STACK_CAP;
+  for (intptr_t i = 1; i <= STACK_ITEMS; i++) {  // all items start on CPU 0's stack
+    stacks[0].slots[stacks[0].count++] = i;
+    CHECK_EQ(rseq_cas_stack_push(&cas_stacks[0].top, cas_stacks[0].slots, STACK_CAP, i), RSEQ_COMMIT);
+  }
   // A round appends at most threads x reps items to one CPU's log; logs are checked
   // and emptied after every round.
   log_capacity = (long)opt.threads * opt.reps + 1;
@@ -441,6 +508,31 @@ int main(int argc, char **argv) {
             "section %s never aborted in %d rounds (%.1f s): its abort path was not taken",
             used_sections_rseq[s], rounds, secs);
   }
+  // Every stack item is in exactly one stack, once.
+  char stack_seen[STACK_ITEMS + 1] = {0};
+  int stack_found = 0;
+  for (int c = 0; c < ncpu; c++) {
+    intptr_t item;
+    if (mode.mode == RSEQ_MODE_CAS) {
+      while (rseq_cas_stack_pop(&cas_stacks[c].top, cas_stacks[c].slots, &item) == RSEQ_COMMIT) {
+        CHECK(item >= 1 && item <= STACK_ITEMS && !stack_seen[item], "stack item %ld", (long)item);
+        stack_seen[item] = 1;
+        stack_found++;
+      }
+    } else {
+      CHECK(stacks[c].count >= 0 && stacks[c].count <= STACK_CAP);
+      for (intptr_t k = 0; k < stacks[c].count; k++) {
+        item = stacks[c].slots[k];
+        CHECK(item >= 1 && item <= STACK_ITEMS && !stack_seen[item], "cpu %d stack item %ld", c,
+              (long)item);
+        stack_seen[item] = 1;
+        stack_found++;
+      }
+    }
+  }
+  CHECK(stack_found == STACK_ITEMS, "stacks hold %d of %d items", stack_found, STACK_ITEMS);
+  free(stacks);
+  free(cas_stacks);
   if (logs) {
     for (int c = 0; c < ncpu; c++) {
       free(logs[c].items);

@@ -447,6 +447,218 @@ error_cpu:
 }
 
 // ---------------------------------------------------------------------------------
+// Per-CPU array stacks (the allocator's CPU caches). CPU c owns a region at
+// base + c * stride; at region offset 0 a `stopped` word (non-zero while a remote drain
+// owns the region); at count_off the stack's count and at count_off + 8 its capacity;
+// at slots_off its slots. The region pointer is computed inside the section from the
+// CPU just verified there, so it can never belong to another CPU.
+
+// rseq_percpu_stack_pop
+//   if (cpu != current) abort;
+//   region = base + cpu * stride;
+//   if (region->stopped) goto cmpfail;
+//   n = region->count;  if (n == 0) goto cmpfail;
+//   *load = region->slots[n - 1];     <- private to the caller: repeatable
+//   region->count = n - 1;            <- commit
+// Abort leaves the stack unchanged.
+
+RSEQ_NOINLINE int rseq_percpu_stack_pop(enum rseq_index index, char *base, size_t stride,
+                                        long count_off, long slots_off, intptr_t *load, int cpu) {
+  enum { id = 6 };
+  struct rseq_abi *area = area_or_die("rseq_percpu_stack_pop");
+  uint32_t *idx = index_field(area, index);
+  intptr_t *slot = (intptr_t *)(base + (size_t)cpu * stride + count_off);  // TSan only
+  before_section(id, slot);
+  __asm__ goto(RSEQ_ASM_DEFINE_TABLE("rseq_percpu_stack_pop")
+               RSEQ_ASM_DEFINE_EXIT_POINT("1f", cmpfail)
+               RSEQ_ASM_START
+               "movslq %[cpu], %%rax\n\t"
+               "imulq %[stride], %%rax\n\t"
+               "addq %[base], %%rax\n\t"
+               "cmpq $0, (%%rax)\n\t"
+               "jnz %l[cmpfail]\n\t"
+               "movq (%%rax, %[count_off]), %%rbx\n\t"
+               "testq %%rbx, %%rbx\n\t"
+               "jz %l[cmpfail]\n\t"
+               RSEQ_INJECT_ASM(1)
+               "leaq (%%rax, %[slots_off]), %%rcx\n\t"
+               "movq -8(%%rcx, %%rbx, 8), %%rdx\n\t"
+               "movq %%rdx, (%[load])\n\t"
+               "decq %%rbx\n\t"
+               RSEQ_INJECT_ASM(2)
+               RSEQ_ASM_CMP_CPU_TWICE
+               "movq %%rbx, (%%rax, %[count_off])\n\t"  // commit
+               "2:\n\t"
+               RSEQ_ASM_DEFINE_ABORT
+               : /* no outputs */
+               : [id] "i"(id), [cpu] "r"(cpu), [idx] "r"(idx), [area] "r"(area),
+                 [base] "r"(base), [stride] "r"(stride), [count_off] "r"(count_off),
+                 [slots_off] "r"(slots_off), [load] "r"(load)
+               : "memory", "cc", "rax", "rbx", "rcx", "rdx" RSEQ_INJECT_CLOBBER
+               : abort, cmpfail, error_cpu);
+  CCACHE_MSAN_UNPOISON(load, sizeof *load);  // written by the asm
+  return after_commit(id, slot);
+abort:
+  return after_abort(id);
+cmpfail:
+  return after_cmpfail(id, slot);
+error_cpu:
+  compare_twice_failed("rseq_percpu_stack_pop", "the cpu", cpu);
+}
+
+// rseq_percpu_stack_push
+//   if (cpu != current) abort;
+//   region = base + cpu * stride;
+//   if (region->stopped) goto cmpfail;
+//   n = region->count;  if (n >= region->capacity) goto cmpfail;
+//   region->slots[n] = item;          <- try-store above the top: invisible until commit
+//   region->count = n + 1;            <- commit (a release of the slot on x86)
+// Abort leaves the stack unchanged.
+
+RSEQ_NOINLINE int rseq_percpu_stack_push(enum rseq_index index, char *base, size_t stride,
+                                         long count_off, long slots_off, intptr_t item, int cpu) {
+  enum { id = 7 };
+  struct rseq_abi *area = area_or_die("rseq_percpu_stack_push");
+  uint32_t *idx = index_field(area, index);
+  intptr_t *slot = (intptr_t *)(base + (size_t)cpu * stride + count_off);  // TSan only
+  before_section(id, slot);
+  __asm__ goto(RSEQ_ASM_DEFINE_TABLE("rseq_percpu_stack_push")
+               RSEQ_ASM_DEFINE_EXIT_POINT("1f", cmpfail)
+               RSEQ_ASM_START
+               "movslq %[cpu], %%rax\n\t"
+               "imulq %[stride], %%rax\n\t"
+               "addq %[base], %%rax\n\t"
+               "cmpq $0, (%%rax)\n\t"
+               "jnz %l[cmpfail]\n\t"
+               "movq (%%rax, %[count_off]), %%rbx\n\t"
+               "leaq (%%rax, %[count_off]), %%rcx\n\t"
+               "cmpq 8(%%rcx), %%rbx\n\t"
+               "jae %l[cmpfail]\n\t"
+               RSEQ_INJECT_ASM(1)
+               "leaq (%%rax, %[slots_off]), %%rcx\n\t"
+               "movq %[item], (%%rcx, %%rbx, 8)\n\t"
+               "incq %%rbx\n\t"
+               RSEQ_INJECT_ASM(2)
+               RSEQ_ASM_CMP_CPU_TWICE
+               "movq %%rbx, (%%rax, %[count_off])\n\t"  // commit
+               "2:\n\t"
+               RSEQ_ASM_DEFINE_ABORT
+               : /* no outputs */
+               : [id] "i"(id), [cpu] "r"(cpu), [idx] "r"(idx), [area] "r"(area),
+                 [base] "r"(base), [stride] "r"(stride), [count_off] "r"(count_off),
+                 [slots_off] "r"(slots_off), [item] "r"(item)
+               : "memory", "cc", "rax", "rbx", "rcx" RSEQ_INJECT_CLOBBER
+               : abort, cmpfail, error_cpu);
+  return after_commit(id, slot);
+abort:
+  return after_abort(id);
+cmpfail:
+  return after_cmpfail(id, slot);
+error_cpu:
+  compare_twice_failed("rseq_percpu_stack_push", "the cpu", cpu);
+}
+
+// ---------------------------------------------------------------------------------
+// The CAS-mode stack: the same per-CPU array stack, updated with 16-byte CAS by any
+// thread on any CPU's region. A non-blocking array stack (after Shafiei, 2009):
+//
+//   top   = { idx | ctr << 16, value }  the stack holds idx items; the top item is
+//           `value`, which belongs in slots[idx - 1] but may not be written there yet;
+//           ctr counts every successful operation (48 bits: never wraps in practice).
+//   slots[k] = { value, ctr }           ctr of the operation that last wrote the slot.
+//
+// Every operation first finishes the pending write of the top it read (CAS the slot
+// from its old contents to {value, ctr} unless it already carries ctr), then CASes top.
+// ABA: top carries ctr, which every successful operation increases, so a CAS based on
+// a stale top always fails, even if idx and value came back to what they were; a slot
+// write carries the ctr of its operation, so a late helper cannot overwrite a newer
+// value with an older one (it sees a different ctr and leaves the slot alone).
+
+#define CAS_STACK_IDX_BITS 16
+#define CAS_STACK_IDX_MASK ((1u << CAS_STACK_IDX_BITS) - 1)
+
+static inline rseq_u128_t cas_stack_pack(uint64_t idx, uint64_t ctr, intptr_t value) {
+  return (rseq_u128_t)(idx | ctr << CAS_STACK_IDX_BITS) | (rseq_u128_t)(uint64_t)value << 64;
+}
+
+// Two relaxed halves; the 16-byte CAS that follows validates them together.
+static inline rseq_u128_t load128(const rseq_u128_t *p) {
+  const uint64_t *w = (const uint64_t *)p;
+  uint64_t lo = __atomic_load_n(&w[0], __ATOMIC_ACQUIRE);
+  uint64_t hi = __atomic_load_n(&w[1], __ATOMIC_ACQUIRE);
+  return (rseq_u128_t)lo | (rseq_u128_t)hi << 64;
+}
+
+static inline bool cas128(rseq_u128_t *p, rseq_u128_t *expect, rseq_u128_t desired) {
+  // Acq_rel: a push publishes its item (release); a pop reads the item it took and the
+  // slot below it (acquire).
+  return __atomic_compare_exchange_n(p, expect, desired, false, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE);
+}
+
+static _Atomic(rseq_cas_stack_hook_fn) cas_stack_hook;  // tests only; relaxed is enough
+
+void rseq_cas_stack_set_test_hook(rseq_cas_stack_hook_fn hook) {
+  atomic_store_explicit(&cas_stack_hook, hook, memory_order_relaxed);
+}
+
+static inline void cas_stack_test_point(int where) {
+  rseq_cas_stack_hook_fn hook = atomic_load_explicit(&cas_stack_hook, memory_order_relaxed);
+  if (__builtin_expect(hook != NULL, 0)) hook(where);
+}
+
+// Finish the pending write of `top`: slots[idx - 1] = {value, ctr}.
+static inline void cas_stack_finish(rseq_u128_t *slots, rseq_u128_t top) {
+  uint64_t lo = (uint64_t)top;
+  uint64_t idx = lo & CAS_STACK_IDX_MASK, ctr = lo >> CAS_STACK_IDX_BITS;
+  if (idx == 0) return;
+  rseq_u128_t *slot = &slots[idx - 1];
+  rseq_u128_t old = load128(slot);
+  if ((uint64_t)(old >> 64) == ctr) return;  // already written
+  rseq_u128_t want = (rseq_u128_t)(uint64_t)(top >> 64) | (rseq_u128_t)ctr << 64;
+  // Only from an older ctr: if another helper wrote it meanwhile, the CAS fails and
+  // the slot already holds this value.
+  if ((uint64_t)(old >> 64) < ctr) cas128(slot, &old, want);
+}
+
+int rseq_cas_stack_push(rseq_u128_t *top, rseq_u128_t *slots, uint64_t capacity, intptr_t item) {
+  for (;;) {
+    rseq_u128_t t = load128(top);
+    cas_stack_finish(slots, t);
+    uint64_t lo = (uint64_t)t;
+    uint64_t idx = lo & CAS_STACK_IDX_MASK, ctr = lo >> CAS_STACK_IDX_BITS;
+    if (idx >= capacity) return RSEQ_CMPFAIL;
+    cas_stack_test_point(RSEQ_CAS_STACK_PUSH_BEFORE_CAS);
+    if (cas128(top, &t, cas_stack_pack(idx + 1, ctr + 1, item))) {
+      cas_stack_finish(slots, cas_stack_pack(idx + 1, ctr + 1, item));
+      return RSEQ_COMMIT;
+    }
+  }
+}
+
+int rseq_cas_stack_pop(rseq_u128_t *top, rseq_u128_t *slots, intptr_t *load) {
+  for (;;) {
+    rseq_u128_t t = load128(top);
+    cas_stack_finish(slots, t);
+    uint64_t lo = (uint64_t)t;
+    uint64_t idx = lo & CAS_STACK_IDX_MASK, ctr = lo >> CAS_STACK_IDX_BITS;
+    if (idx == 0) return RSEQ_CMPFAIL;
+    // The item below the top was finished before anything was pushed on it, and
+    // cannot change while top stays as read (which the CAS checks).
+    intptr_t below = idx >= 2 ? (intptr_t)(uint64_t)load128(&slots[idx - 2]) : 0;  // {value, ctr}
+    cas_stack_test_point(RSEQ_CAS_STACK_POP_BEFORE_CAS);
+    if (cas128(top, &t, cas_stack_pack(idx - 1, ctr + 1, below))) {
+      *load = (intptr_t)(uint64_t)(t >> 64);
+      return RSEQ_COMMIT;
+    }
+  }
+}
+
+uint64_t rseq_cas_stack_count(const rseq_u128_t *top) {
+  return (uint64_t)load128(top) & CAS_STACK_IDX_MASK;
+}
+
+// ---------------------------------------------------------------------------------
 // CAS-mode twins.
 
 int rseq_cas_addv(intptr_t *v, intptr_t count) {
@@ -484,7 +696,7 @@ int rseq_cas_cmpeqv_trymemcpy_storev(intptr_t *v, intptr_t expect, void *dst, co
 // ---------------------------------------------------------------------------------
 // Lists and mode dispatch.
 
-typedef unsigned __int128 rseq_u128;
+typedef rseq_u128_t rseq_u128;
 
 static inline rseq_u128 list_pack(intptr_t head, uintptr_t tag) {
   return (rseq_u128)(uintptr_t)head | (rseq_u128)tag << 64;

@@ -190,6 +190,29 @@ int rseq_list_push(const struct rseq_percpu_mode *m, struct rseq_list *list, int
 int rseq_list_pop(const struct rseq_percpu_mode *m, struct rseq_list *list, long voffp,
                   intptr_t *load, int cpu);
 
+// Per-CPU array stacks (the allocator's CPU caches). Region of CPU c: base + c*stride;
+// at offset 0 a `stopped` word (non-zero: the region is being drained remotely and
+// every push and pop returns CMPFAIL); at count_off the count, at count_off + 8 the
+// capacity; slots (intptr_t) at slots_off. The region address is computed inside the
+// section from the verified CPU. Pop: CMPFAIL when empty or stopped. Push: CMPFAIL
+// when full or stopped.
+int rseq_percpu_stack_pop(enum rseq_index index, char *base, size_t stride, long count_off,
+                          long slots_off, intptr_t *load, int cpu);
+int rseq_percpu_stack_push(enum rseq_index index, char *base, size_t stride, long count_off,
+                           long slots_off, intptr_t item, int cpu);
+
+// The CAS-mode twin of the per-CPU stack: a non-blocking, ABA-safe array stack with a
+// 16-byte top {count | op counter << 16, top item} and 16-byte slots {item, op counter}
+// (see primitives.c). Capacity at most 65535. CMPFAIL when full (push) or empty (pop).
+typedef unsigned __int128 rseq_u128_t;
+int rseq_cas_stack_push(rseq_u128_t *top, rseq_u128_t *slots, uint64_t capacity, intptr_t item);
+int rseq_cas_stack_pop(rseq_u128_t *top, rseq_u128_t *slots, intptr_t *load);
+uint64_t rseq_cas_stack_count(const rseq_u128_t *top);
+// Tests: a hook called right before each top CAS, to force interleavings (ABA).
+enum { RSEQ_CAS_STACK_PUSH_BEFORE_CAS = 1, RSEQ_CAS_STACK_POP_BEFORE_CAS = 2 };
+typedef void (*rseq_cas_stack_hook_fn)(int where);
+void rseq_cas_stack_set_test_hook(rseq_cas_stack_hook_fn hook);
+
 // Mode dispatch for the word primitives.
 int rseq_percpu_addv(const struct rseq_percpu_mode *m, intptr_t *v, intptr_t count, int cpu);
 int rseq_percpu_cmpeqv_storev(const struct rseq_percpu_mode *m, intptr_t *v, intptr_t expect,

@@ -14,7 +14,9 @@
   X(2, "rseq_cmpnev_storeoffp_load", 0x6)                     \
   X(3, "rseq_cmpeqv_trystorev_storev", 0x6)                   \
   X(4, "rseq_cmpeqv_trymemcpy_storev", 0x6)                   \
-  X(5, "rseq_offset_deref_addv", 0x2)
+  X(5, "rseq_offset_deref_addv", 0x2)                         \
+  X(6, "rseq_percpu_stack_pop", 0x6)                          \
+  X(7, "rseq_percpu_stack_push", 0x6)
 
 #define RSEQ_SECTION_MAX 16
 
