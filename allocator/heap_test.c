@@ -1,0 +1,324 @@
+// heap_test: the malloc API of a heap, single-threaded, in every mode x index:
+//   - every class: round trip with a content pattern, alignment, usable size;
+//   - aligned_alloc / posix_memalign / memalign for every alignment up to 64 KiB, and
+//     their EINVAL cases;
+//   - realloc growth and shrink keep the contents; calloc zeroes; calloc overflow;
+//   - a seeded random workload against a shadow set: no two live blocks overlap,
+//     contents intact, stats and heap invariants consistent after every phase;
+//   - drains empty the CPU caches; freed memory goes back to the OS (madvise);
+//   - the OS refusing memory: NULL with ENOMEM, and the heap keeps working.
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "allocator/ccache.h"
+#include "rseq/testing.h"
+
+static struct ccache_heap *make(enum rseq_mode mode, enum rseq_index index) {
+  struct ccache_options o = {.mode = mode, .index = index};
+  struct ccache_heap *h = ccache_heap_create(&o);
+  CHECK(h != NULL, "ccache_heap_create(%s, %s): errno %d", rseq_mode_name(mode),
+        rseq_index_name(index), errno);
+  CHECK_EQ(ccache_heap_mode(h), mode);
+  return h;
+}
+
+static void fill(void *p, size_t n, uint64_t seed) {
+  unsigned char *b = p;
+  for (size_t i = 0; i < n; i++) b[i] = (unsigned char)(seed * 131 + i * 7);
+}
+
+static void verify(const void *p, size_t n, uint64_t seed, const char *what) {
+  const unsigned char *b = p;
+  for (size_t i = 0; i < n; i++)
+    CHECK(b[i] == (unsigned char)(seed * 131 + i * 7), "%s: byte %zu of %zu changed", what, i, n);
+}
+
+static void check_consistent(struct ccache_heap *h) {
+  CHECK(ccache_check_heap(h) == 0, "heap invariants broken (see stderr)");
+}
+
+static void test_classes(struct ccache_heap *h) {
+  for (unsigned c = 0; c < CCACHE_NUM_CLASSES; c++) {
+    size_t size = ccache_class_size(c);
+    size_t sizes[3] = {size, size - (c ? (size - ccache_class_size(c - 1)) / 2 : 8), size - 1};
+    for (int k = 0; k < 3; k++) {
+      void *p[4];
+      for (int i = 0; i < 4; i++) {
+        p[i] = ccache_malloc(h, sizes[k]);
+        CHECK(p[i] != NULL, "malloc(%zu)", sizes[k]);
+        CHECK(((uintptr_t)p[i] & 15) == 0, "malloc(%zu) = %p not 16-byte aligned", sizes[k], p[i]);
+        CHECK(ccache_malloc_usable_size(h, p[i]) >= sizes[k]);
+        CHECK(ccache_owns(h, p[i]));
+        fill(p[i], sizes[k], c * 10 + i);
+      }
+      for (int i = 0; i < 4; i++) {
+        verify(p[i], sizes[k], c * 10 + i, "class round trip");
+        ccache_free(h, p[i]);
+        CHECK(!ccache_owns(h, p[i]));
+      }
+    }
+  }
+  // Sized free and the extremes.
+  void *p = ccache_malloc(h, 0);
+  CHECK(p != NULL);
+  ccache_free_sized(h, p, 0);
+  p = ccache_malloc(h, 100);
+  ccache_free_sized(h, p, 100);
+  p = ccache_malloc(h, 1 << 20);  // large
+  CHECK(p != NULL && ccache_malloc_usable_size(h, p) >= (1 << 20));
+  fill(p, 1 << 20, 5);
+  verify(p, 1 << 20, 5, "large block");
+  ccache_free_sized(h, p, 1 << 20);
+  errno = 0;
+  CHECK(ccache_malloc(h, SIZE_MAX - 4096) == NULL && errno == ENOMEM);
+  ccache_free(h, NULL);
+}
+
+static void test_aligned(struct ccache_heap *h) {
+  for (size_t align = 1; align <= 65536; align *= 2) {
+    size_t sizes[] = {1, align / 2 + 1, align, 3 * align + 5, 300000};
+    for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+      void *p = ccache_aligned_alloc(h, align, sizes[k]);
+      CHECK(p && ((uintptr_t)p & (align - 1)) == 0, "aligned_alloc(%zu, %zu) = %p", align, sizes[k], p);
+      CHECK(ccache_malloc_usable_size(h, p) >= sizes[k]);
+      fill(p, sizes[k], align);
+      verify(p, sizes[k], align, "aligned block");
+      ccache_free(h, p);
+      void *q = NULL;
+      int rc = ccache_posix_memalign(h, &q, align, sizes[k]);
+      if (align < sizeof(void *)) {
+        CHECK_EQ(rc, EINVAL);
+      } else {
+        CHECK(rc == 0 && ((uintptr_t)q & (align - 1)) == 0, "posix_memalign(%zu)", align);
+        ccache_free(h, q);
+      }
+      q = ccache_memalign(h, align, sizes[k]);
+      CHECK(q && ((uintptr_t)q & (align - 1)) == 0);
+      ccache_free(h, q);
+    }
+  }
+  errno = 0;
+  CHECK(ccache_aligned_alloc(h, 24, 100) == NULL && errno == EINVAL);
+  errno = 0;
+  CHECK(ccache_aligned_alloc(h, 0, 100) == NULL && errno == EINVAL);
+  void *q = (void *)1;
+  CHECK_EQ(ccache_posix_memalign(h, &q, 24, 8), EINVAL);
+  CHECK(q == (void *)1, "posix_memalign changed *out on error");
+}
+
+static void test_realloc_calloc(struct ccache_heap *h) {
+  size_t sizes[] = {1, 15, 16, 17, 100, 1000, 5000, 70000, 262144, 262145, 1 << 20, 3 << 20};
+  size_t n = sizeof sizes / sizeof *sizes;
+  for (size_t a = 0; a < n; a++) {
+    for (size_t b = 0; b < n; b++) {
+      void *p = ccache_malloc(h, sizes[a]);
+      fill(p, sizes[a], a);
+      void *q = ccache_realloc(h, p, sizes[b]);
+      CHECK(q != NULL);
+      size_t keep = sizes[a] < sizes[b] ? sizes[a] : sizes[b];
+      verify(q, keep, a, "realloc");
+      CHECK(ccache_malloc_usable_size(h, q) >= sizes[b]);
+      ccache_free(h, q);
+    }
+  }
+  CHECK(ccache_realloc(h, ccache_malloc(h, 10), 0) == NULL);  // frees
+  void *p = ccache_realloc(h, NULL, 40);
+  CHECK(p != NULL);
+  ccache_free(h, p);
+  for (size_t a = 0; a < n; a++) {
+    // Dirty a block of that size first, so calloc must really zero recycled memory.
+    void *d = ccache_malloc(h, sizes[a]);
+    memset(d, 0xAB, sizes[a]);
+    ccache_free(h, d);
+    unsigned char *z = ccache_calloc(h, 1, sizes[a]);
+    CHECK(z != NULL);
+    for (size_t i = 0; i < sizes[a]; i++) CHECK(z[i] == 0, "calloc(%zu) byte %zu", sizes[a], i);
+    ccache_free(h, z);
+  }
+  errno = 0;
+  CHECK(ccache_calloc(h, SIZE_MAX / 2, 3) == NULL && errno == ENOMEM);
+  errno = 0;
+  CHECK(ccache_calloc(h, (size_t)1 << 40, (size_t)1 << 40) == NULL && errno == ENOMEM);
+}
+
+// The shadow set: live blocks with their sizes and patterns.
+struct live {
+  unsigned char *p;
+  size_t size;
+  uint64_t seed;
+};
+
+static int by_address(const void *a, const void *b) {
+  uintptr_t x = (uintptr_t)((const struct live *)a)->p, y = (uintptr_t)((const struct live *)b)->p;
+  return x < y ? -1 : x > y;
+}
+
+static void check_no_overlap(struct ccache_heap *h, struct live *l, int n) {
+  struct live *sorted = malloc(sizeof *sorted * (size_t)(n ? n : 1));
+  memcpy(sorted, l, sizeof *sorted * (size_t)n);
+  qsort(sorted, (size_t)n, sizeof *sorted, by_address);
+  for (int i = 1; i < n; i++) {
+    size_t usable = ccache_malloc_usable_size(h, sorted[i - 1].p);
+    CHECK(sorted[i - 1].p + usable <= sorted[i].p, "blocks %p (+%zu) and %p overlap",
+          (void *)sorted[i - 1].p, usable, (void *)sorted[i].p);
+  }
+  free(sorted);
+}
+
+static void test_random(struct ccache_heap *h, uint64_t seed) {
+  enum { N = 2000 };
+  static struct live live[N];
+  int n = 0;
+  uint64_t rng = seed;
+  for (int op = 0; op < 60000; op++) {
+    uint64_t x = test_rand(&rng);
+    if (n < N && (x & 3) != 0) {
+      // Mostly small, sometimes large; sizes spread over every class range.
+      size_t size = (x >> 8) % 100 == 0 ? 262144 + (x >> 20) % 600000 : ((x >> 8) % 13 == 0 ? (x >> 24) % 70000 : (x >> 24) % 600);
+      unsigned char *p;
+      switch ((x >> 4) % 4) {
+        case 0:
+          p = ccache_calloc(h, 1, size);
+          break;
+        case 1:
+          p = ccache_aligned_alloc(h, (size_t)64 << ((x >> 40) % 5), size);
+          break;
+        default:
+          p = ccache_malloc(h, size);
+      }
+      CHECK(p != NULL, "op %d: allocation of %zu", op, size);
+      fill(p, size, (uint64_t)op);
+      live[n++] = (struct live){p, size, (uint64_t)op};
+    } else if (n > 0) {
+      int i = (int)((x >> 8) % (uint64_t)n);
+      verify(live[i].p, live[i].size, live[i].seed, "random workload");
+      if ((x >> 30) % 3 == 0) {
+        size_t ns = (x >> 32) % 3000;
+        unsigned char *q = ccache_realloc(h, live[i].p, ns);
+        if (ns == 0) {
+          live[i] = live[--n];
+          continue;
+        }
+        CHECK(q != NULL);
+        verify(q, ns < live[i].size ? ns : live[i].size, live[i].seed, "realloc in workload");
+        fill(q, ns, (uint64_t)op);
+        live[i] = (struct live){q, ns, (uint64_t)op};
+      } else {
+        ccache_free(h, live[i].p);
+        live[i] = live[--n];
+      }
+    }
+    if (op % 20000 == 19999) {
+      check_no_overlap(h, live, n);
+      check_consistent(h);
+    }
+  }
+  check_no_overlap(h, live, n);
+  struct ccache_stats st;
+  ccache_get_stats(h, &st);
+  uint64_t live_small = 0;
+  for (int i = 0; i < n; i++)
+    if (live[i].size <= CCACHE_MAX_SMALL) live_small++;
+  uint64_t in_use = 0;
+  for (unsigned c = 0; c < CCACHE_NUM_CLASSES; c++) in_use += st.classes[c].in_use;
+  // Aligned requests above 256 KiB go large; the rest small.
+  CHECK(in_use <= (uint64_t)n && in_use + st.large_count == (uint64_t)n,
+        "stats: %lu small + %lu large in use, %d live", (unsigned long)in_use,
+        (unsigned long)st.large_count, n);
+  for (int i = 0; i < n; i++) ccache_free(h, live[i].p);
+  check_consistent(h);
+}
+
+static void test_drain_and_release(struct ccache_heap *h) {
+  enum { N = 40000 };
+  static void *p[N];
+  for (int i = 0; i < N; i++) CHECK((p[i] = ccache_malloc(h, 1000)) != NULL);
+  for (int i = 0; i < N; i++) ccache_free(h, p[i]);
+  struct ccache_stats before, after;
+  ccache_get_stats(h, &before);
+  CHECK(ccache_drain_all(h) == 0, "drain_all: errno %d", errno);
+  ccache_get_stats(h, &after);
+  CHECK(after.cached_bytes == 0, "%lu bytes still cached after drain_all", (unsigned long)after.cached_bytes);
+  for (int cpu = 0; cpu < after.ncpus; cpu++) CHECK_EQ(after.cpu_cached_bytes[cpu], 0);
+  CHECK(after.released_bytes > 0, "40 MB freed and drained, nothing released to the OS");
+  CHECK(after.in_use_bytes == 0, "in use after freeing everything: %lu", (unsigned long)after.in_use_bytes);
+  errno = 0;
+  CHECK(ccache_drain_cpu(h, -1) == -1 && errno == EINVAL);
+  CHECK(ccache_drain_cpu(h, after.ncpus) == -1 && errno == EINVAL);
+  check_consistent(h);
+  printf("  drain: %lu B cached before, 0 after; %lu B released to the OS\n",
+         (unsigned long)before.cached_bytes, (unsigned long)after.released_bytes);
+}
+
+static void test_oom(enum rseq_mode mode, enum rseq_index index) {
+  struct ccache_heap *h = make(mode, index);
+  // Each class's first block needs a new span, so a new commit: make them fail.
+  ccache_test_fail_next_os_maps(1000);
+  errno = 0;
+  CHECK(ccache_malloc(h, 3000) == NULL && errno == ENOMEM, "malloc while the OS refuses");
+  errno = 0;
+  CHECK(ccache_malloc(h, 5 << 20) == NULL && errno == ENOMEM, "large malloc while the OS refuses");
+  errno = 0;
+  CHECK(ccache_calloc(h, 10, 1000) == NULL && errno == ENOMEM);
+  void *q = ccache_malloc(h, 100);  // maybe a span exists already; either way no crash
+  if (q) ccache_free(h, q);
+  ccache_test_fail_next_os_maps(0);
+  struct ccache_stats st;
+  ccache_get_stats(h, &st);
+  CHECK(st.os_failures >= 2, "refusals not counted");
+  // The heap keeps working.
+  void *p = ccache_malloc(h, 3000);
+  CHECK(p != NULL, "after the OS recovers, malloc fails: errno %d", errno);
+  void *big = ccache_malloc(h, 5 << 20);
+  CHECK(big != NULL);
+  ccache_free(h, p);
+  ccache_free(h, big);
+  check_consistent(h);
+  ccache_test_fail_next_os_maps(1);
+  errno = 0;
+  CHECK(ccache_heap_create(NULL) == NULL && errno == ENOMEM, "heap creation when the OS refuses");
+  ccache_test_fail_next_os_maps(0);
+  ccache_heap_destroy(h);
+}
+
+int main(int argc, char **argv) {
+  test_init(argc, argv);
+  uint64_t seed = test_seed(7);
+  struct {
+    enum rseq_mode mode;
+    enum rseq_index index;
+  } configs[] = {{RSEQ_MODE_RSEQ, RSEQ_INDEX_CPU_ID},
+                 {RSEQ_MODE_RSEQ, RSEQ_INDEX_MM_CID},
+                 {RSEQ_MODE_CAS, RSEQ_INDEX_CPU_ID},
+                 {RSEQ_MODE_CAS, RSEQ_INDEX_MM_CID}};
+  struct ccache_options bad = {.mode = (enum rseq_mode)9};
+  errno = 0;
+  CHECK(ccache_heap_create(&bad) == NULL && errno == EINVAL);
+  for (size_t i = 0; i < sizeof configs / sizeof *configs; i++) {
+    struct rseq_percpu_mode m;
+    const char *why;
+    if (rseq_resolve_mode(configs[i].mode, configs[i].index, &m, &why) != 0) {
+      printf("SKIPPED: mode %s index %s: %s\n", rseq_mode_name(configs[i].mode),
+             rseq_index_name(configs[i].index), why);
+      continue;
+    }
+    test_context("mode=%s index=%s seed=%lu", rseq_mode_name(configs[i].mode),
+                 rseq_index_name(configs[i].index), (unsigned long)seed);
+    struct ccache_heap *h = make(configs[i].mode, configs[i].index);
+    test_classes(h);
+    test_aligned(h);
+    test_realloc_calloc(h);
+    test_random(h, seed);
+    test_drain_and_release(h);
+    check_consistent(h);
+    ccache_heap_destroy(h);
+    test_oom(configs[i].mode, configs[i].index);
+    printf("ok: mode=%s index=%s: classes, alignment, realloc/calloc, random workload (seed %lu), "
+           "drain/release, OOM\n",
+           rseq_mode_name(configs[i].mode), rseq_index_name(configs[i].index), (unsigned long)seed);
+  }
+  printf("PASS\n");
+  return 0;
+}

@@ -1,0 +1,122 @@
+// init.c: heap creation and destruction, and the fork handlers of every heap.
+#include <errno.h>
+#include <string.h>
+
+#include "allocator/internal.h"
+
+// Guards the list of live heaps: heap_create/destroy and the fork handlers walk it.
+static pthread_mutex_t heaps_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct ccache_heap *heaps;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+// fork() while another thread holds one of our locks would leave the child with a lock
+// nobody will release: take them all (in lock order) before fork, release after.
+static void lock_all(struct ccache_heap *h) {
+  pthread_mutex_lock(&h->drain_lock);
+  for (unsigned c = 0; c < CCACHE_NUM_CLASSES; c++) pthread_mutex_lock(&h->central[c].lock);
+  pthread_mutex_lock(&h->page_lock);
+  pthread_mutex_lock(&h->large_lock);
+  pthread_mutex_lock(&h->meta_lock);
+}
+
+static void unlock_all(struct ccache_heap *h) {
+  pthread_mutex_unlock(&h->meta_lock);
+  pthread_mutex_unlock(&h->large_lock);
+  pthread_mutex_unlock(&h->page_lock);
+  for (unsigned c = CCACHE_NUM_CLASSES; c-- > 0;) pthread_mutex_unlock(&h->central[c].lock);
+  pthread_mutex_unlock(&h->drain_lock);
+}
+
+static void before_fork(void) {
+  pthread_mutex_lock(&heaps_lock);
+  for (struct ccache_heap *h = heaps; h; h = h->all_next) lock_all(h);
+}
+
+static void after_fork(void) {
+  for (struct ccache_heap *h = heaps; h; h = h->all_next) unlock_all(h);
+  pthread_mutex_unlock(&heaps_lock);
+}
+
+static void install_atfork(void) { pthread_atfork(before_fork, after_fork, after_fork); }
+
+struct ccache_heap *ccache_heap_create(const struct ccache_options *options) {
+  struct ccache_options o = {RSEQ_MODE_AUTO, RSEQ_INDEX_CPU_ID, 0, 0, 0};
+  if (options) o = *options;
+  if ((unsigned)o.mode > RSEQ_MODE_CAS || (unsigned)o.index > RSEQ_INDEX_MM_CID) {
+    errno = EINVAL;
+    return NULL;
+  }
+  if (o.cpu_cache_bytes == 0) o.cpu_cache_bytes = (size_t)1 << 20;
+  if (o.reserve_bytes == 0) o.reserve_bytes = (size_t)8 << 30;
+  if (o.release_threshold == 0) o.release_threshold = (size_t)4 << 20;
+  o.reserve_bytes = (o.reserve_bytes + CHUNK_SIZE - 1) & ~(CHUNK_SIZE - 1);
+  if (o.reserve_bytes < CHUNK_SIZE || o.reserve_bytes > ((size_t)1 << 46)) {
+    errno = EINVAL;
+    return NULL;
+  }
+  struct rseq_percpu_mode mode;
+  const char *why = "";
+  if (rseq_resolve_mode(o.mode, o.index, &mode, &why) != 0) return NULL;
+
+  struct ccache_heap *heap = os_map(sizeof *heap);
+  if (!heap) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  memset(heap, 0, sizeof *heap);
+  heap->mode = mode;
+  heap->why_cas = mode.mode == RSEQ_MODE_CAS ? why : "";
+  heap->release_threshold = o.release_threshold;
+  pthread_mutex_init(&heap->page_lock, NULL);
+  pthread_mutex_init(&heap->drain_lock, NULL);
+  pthread_mutex_init(&heap->large_lock, NULL);
+  pthread_mutex_init(&heap->meta_lock, NULL);
+  central_init(heap);
+  heap->reserve_bytes = o.reserve_bytes;
+  heap->pagemap_bytes = (o.reserve_bytes >> PAGE_SHIFT) * sizeof(struct span *);
+  void *base = os_reserve(o.reserve_bytes);
+  // The page map: read-write, untouched pages cost nothing.
+  void *pagemap = base ? os_reserve(heap->pagemap_bytes) : NULL;
+  if (!base || !pagemap || os_commit(pagemap, heap->pagemap_bytes) != 0) {
+    if (base) os_unmap(base, o.reserve_bytes);
+    if (pagemap) os_unmap(pagemap, heap->pagemap_bytes);
+    os_unmap(heap, sizeof *heap);
+    errno = ENOMEM;
+    return NULL;
+  }
+  heap->base = (uintptr_t)base;
+  heap->span_of_page = pagemap;
+  if (cpu_cache_init(heap, o.cpu_cache_bytes) != 0 || large_init(heap) != 0) {
+    ccache_heap_destroy(heap);
+    errno = ENOMEM;
+    return NULL;
+  }
+  pthread_once(&atfork_once, install_atfork);
+  pthread_mutex_lock(&heaps_lock);
+  heap->all_next = heaps;
+  heaps = heap;
+  pthread_mutex_unlock(&heaps_lock);
+  return heap;
+}
+
+void ccache_heap_destroy(struct ccache_heap *heap) {
+  if (!heap) return;
+  pthread_mutex_lock(&heaps_lock);
+  for (struct ccache_heap **p = &heaps; *p; p = &(*p)->all_next) {
+    if (*p == heap) {
+      *p = heap->all_next;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&heaps_lock);
+  cpu_cache_destroy(heap);
+  large_destroy(heap);
+  if (heap->span_of_page) os_unmap(heap->span_of_page, heap->pagemap_bytes);
+  if (heap->base) os_unmap((void *)heap->base, heap->reserve_bytes);
+  for (char *c = heap->meta_chunks; c;) {
+    char *prev = ((char **)c)[0];
+    os_unmap(c, ((size_t *)c)[1]);
+    c = prev;
+  }
+  os_unmap(heap, sizeof *heap);
+}

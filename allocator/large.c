@@ -1,0 +1,131 @@
+// large.c: blocks over 256 KiB (or aligned beyond a page) get their own mapping,
+// found again by address in an open-addressing hash table.
+#include <errno.h>
+#include <string.h>
+
+#include "allocator/internal.h"
+#include "sanitizers/sanitizers.h"
+
+#define OS_PAGE 4096
+#define EMPTY 0
+#define TOMB 1
+
+static size_t hash(uintptr_t a, size_t cap) { return (size_t)((a >> 12) * 0x9E3779B97F4A7C15ULL) & (cap - 1); }
+
+int large_init(struct ccache_heap *heap) {
+  heap->large_cap = 256;
+  heap->large = os_map(heap->large_cap * sizeof *heap->large);
+  if (!heap->large) {
+    os_count_failure(heap);
+    return -1;
+  }
+  return 0;
+}
+
+void large_destroy(struct ccache_heap *heap) {
+  if (!heap->large) return;
+  for (size_t i = 0; i < heap->large_cap; i++) {
+    struct large_entry *e = &heap->large[i];
+    if (e->addr > TOMB) os_unmap((void *)e->map_start, e->map_size);
+  }
+  os_unmap(heap->large, heap->large_cap * sizeof *heap->large);
+}
+
+static struct large_entry *find(struct ccache_heap *heap, uintptr_t addr) {
+  for (size_t i = hash(addr, heap->large_cap), n = 0; n < heap->large_cap;
+       i = (i + 1) & (heap->large_cap - 1), n++) {
+    struct large_entry *e = &heap->large[i];
+    if (e->addr == addr) return e;
+    if (e->addr == EMPTY) return NULL;
+  }
+  return NULL;
+}
+
+static void insert(struct large_entry *table, size_t cap, const struct large_entry *in) {
+  for (size_t i = hash(in->addr, cap);; i = (i + 1) & (cap - 1)) {
+    if (table[i].addr <= TOMB) {
+      table[i] = *in;
+      return;
+    }
+  }
+}
+
+// Called with large_lock held. 0, or -1 when the OS refuses a bigger table.
+static int reserve_slot(struct ccache_heap *heap) {
+  if ((heap->large_used + heap->large_tombs + 1) * 2 <= heap->large_cap) return 0;
+  size_t cap = heap->large_used * 4 > heap->large_cap ? heap->large_cap * 2 : heap->large_cap;
+  struct large_entry *t = os_map(cap * sizeof *t);
+  if (!t) return -1;
+  for (size_t i = 0; i < heap->large_cap; i++)
+    if (heap->large[i].addr > TOMB) insert(t, cap, &heap->large[i]);
+  os_unmap(heap->large, heap->large_cap * sizeof *heap->large);
+  heap->large = t;
+  heap->large_cap = cap;
+  heap->large_tombs = 0;
+  return 0;
+}
+
+void *large_alloc(struct ccache_heap *heap, size_t size, size_t alignment) {
+  size_t usable = (size + OS_PAGE - 1) & ~(size_t)(OS_PAGE - 1);
+  if (usable < size) {  // overflow
+    errno = ENOMEM;
+    return NULL;
+  }
+  size_t extra = alignment > OS_PAGE ? alignment : 0;
+  size_t map_size = usable + extra;
+  if (map_size < usable) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  void *m = os_map(map_size);
+  if (!m) {
+    os_count_failure(heap);
+    errno = ENOMEM;
+    return NULL;
+  }
+  uintptr_t addr = ((uintptr_t)m + (alignment > OS_PAGE ? alignment - 1 : 0)) &
+                   ~(uintptr_t)(alignment > OS_PAGE ? alignment - 1 : 0);
+  struct large_entry e = {addr, usable, map_size, (uintptr_t)m};
+  pthread_mutex_lock(&heap->large_lock);
+  if (reserve_slot(heap) != 0) {
+    pthread_mutex_unlock(&heap->large_lock);
+    os_unmap(m, map_size);
+    os_count_failure(heap);
+    errno = ENOMEM;
+    return NULL;
+  }
+  insert(heap->large, heap->large_cap, &e);
+  heap->large_used++;
+  heap->large_count++;
+  heap->large_bytes += usable;
+  heap->large_mapped += map_size;
+  pthread_mutex_unlock(&heap->large_lock);
+  return (void *)addr;
+}
+
+int large_free(struct ccache_heap *heap, void *ptr) {
+  pthread_mutex_lock(&heap->large_lock);
+  struct large_entry *e = find(heap, (uintptr_t)ptr);
+  if (!e) {
+    pthread_mutex_unlock(&heap->large_lock);
+    return 0;
+  }
+  struct large_entry copy = *e;
+  e->addr = TOMB;
+  heap->large_used--;
+  heap->large_tombs++;
+  heap->large_count--;
+  heap->large_bytes -= copy.size;
+  heap->large_mapped -= copy.map_size;
+  pthread_mutex_unlock(&heap->large_lock);
+  os_unmap((void *)copy.map_start, copy.map_size);
+  return 1;
+}
+
+size_t large_usable_size(struct ccache_heap *heap, const void *ptr) {
+  pthread_mutex_lock(&heap->large_lock);
+  struct large_entry *e = find(heap, (uintptr_t)ptr);
+  size_t n = e ? e->size : 0;
+  pthread_mutex_unlock(&heap->large_lock);
+  return n;
+}

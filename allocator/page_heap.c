@@ -1,0 +1,277 @@
+// page_heap.c: spans carved from the heap's reservation, the page map, the metadata
+// arena, and the return of free pages to the OS.
+#include <errno.h>
+#include <string.h>
+
+#include "allocator/internal.h"
+#include "sanitizers/sanitizers.h"
+
+// ---------------------------------------------------------------------------------
+// Metadata arena: span structs and their per-block state arrays, out of band.
+
+#define META_CHUNK ((size_t)1 << 20)
+
+static size_t meta_size(uint32_t nobjs) {
+  return (sizeof(struct span) + nobjs + 15) & ~(size_t)15;
+}
+
+static void *meta_bump(struct ccache_heap *heap, size_t bytes) {
+  if (heap->meta_cur + bytes > heap->meta_end) {
+    size_t chunk = bytes + 16 > META_CHUNK ? bytes + 16 : META_CHUNK;
+    char *c = os_map(chunk);
+    if (!c) return NULL;
+    // Each chunk starts with {previous chunk, its size}: heap_destroy unmaps them all.
+    ((void **)c)[0] = heap->meta_chunks;
+    ((size_t *)c)[1] = chunk;
+    heap->meta_chunks = c;
+    heap->meta_bytes += chunk;
+    heap->meta_cur = c + 16;
+    heap->meta_end = c + chunk;
+  }
+  void *p = heap->meta_cur;
+  heap->meta_cur += bytes;
+  return p;
+}
+
+// A span struct; for a small span of class cls, with its state array (all
+// BLOCK_CENTRAL). cls == CCACHE_NUM_CLASSES: a free run, no arrays.
+struct span *meta_span_alloc(struct ccache_heap *heap, unsigned cls, uint32_t nobjs) {
+  pthread_mutex_lock(&heap->meta_lock);
+  struct span *s = heap->meta_free[cls];
+  if (s) {
+    heap->meta_free[cls] = s->meta_next;
+  } else {
+    s = meta_bump(heap, meta_size(nobjs));
+  }
+  pthread_mutex_unlock(&heap->meta_lock);
+  if (!s) return NULL;
+  memset(s, 0, sizeof *s);
+  s->cls = cls;
+  s->nobjs = nobjs;
+  if (cls < CCACHE_NUM_CLASSES) {
+    s->state = (uint8_t *)(s + 1);
+    memset(s->state, BLOCK_CENTRAL, nobjs);
+  }
+  return s;
+}
+
+void meta_span_free(struct ccache_heap *heap, struct span *s) {
+  unsigned slot = s->kind == SPAN_SMALL ? s->cls : CCACHE_NUM_CLASSES;
+  pthread_mutex_lock(&heap->meta_lock);
+  s->meta_next = heap->meta_free[slot];
+  heap->meta_free[slot] = s;
+  pthread_mutex_unlock(&heap->meta_lock);
+}
+
+// ---------------------------------------------------------------------------------
+// Spans.
+
+size_t span_pages_for_class(unsigned cls) {
+  size_t size = ccache_class_size(cls);
+  size_t bytes = size >= 64 * 1024 ? 4 * size : 8 * size;
+  if (bytes < 64 * 1024) bytes = 64 * 1024;
+  return (bytes + PAGE_SIZE - 1) >> PAGE_SHIFT;
+}
+
+static inline size_t page_of(const struct ccache_heap *heap, uintptr_t addr) {
+  return (addr - heap->base) >> PAGE_SHIFT;
+}
+
+static inline void set_page(struct ccache_heap *heap, size_t page, struct span *s) {
+  // Relaxed: readers that need the entry got their block through a synchronizing path.
+  __atomic_store_n(&heap->span_of_page[page], s, __ATOMIC_RELAXED);
+}
+
+static inline struct span *get_page(const struct ccache_heap *heap, size_t page) {
+  return __atomic_load_n(&heap->span_of_page[page], __ATOMIC_RELAXED);
+}
+
+static unsigned bucket_of(size_t npages) { return npages < PAGE_HEAP_BUCKETS ? (unsigned)npages : 0; }
+
+static void run_insert(struct ccache_heap *heap, struct span *run) {
+  unsigned b = bucket_of(run->npages);
+  run->prev = NULL;
+  run->next = heap->free_runs[b];
+  if (run->next) run->next->prev = run;
+  heap->free_runs[b] = run;
+  size_t first = page_of(heap, run->start);
+  set_page(heap, first, run);
+  set_page(heap, first + run->npages - 1, run);
+  if (run->released)
+    heap->released_pages += run->npages;
+  else
+    heap->free_pages += run->npages;
+}
+
+static void run_remove(struct ccache_heap *heap, struct span *run) {
+  if (run->prev)
+    run->prev->next = run->next;
+  else
+    heap->free_runs[bucket_of(run->npages)] = run->next;
+  if (run->next) run->next->prev = run->prev;
+  if (run->released)
+    heap->released_pages -= run->npages;
+  else
+    heap->free_pages -= run->npages;
+}
+
+// A run of at least n pages from the free lists, or from the uncommitted frontier.
+static struct span *take_run(struct ccache_heap *heap, size_t n) {
+  for (unsigned b = n < PAGE_HEAP_BUCKETS ? (unsigned)n : PAGE_HEAP_BUCKETS; b < PAGE_HEAP_BUCKETS; b++) {
+    if (heap->free_runs[b]) {
+      struct span *r = heap->free_runs[b];
+      run_remove(heap, r);
+      return r;
+    }
+  }
+  for (struct span *r = heap->free_runs[0]; r; r = r->next) {
+    if (r->npages >= n) {
+      run_remove(heap, r);
+      return r;
+    }
+  }
+  // The frontier: commit whole chunks as needed.
+  size_t bytes = n << PAGE_SHIFT;
+  if (heap->frontier + bytes > heap->reserve_bytes) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  if (heap->frontier + bytes > heap->committed) {
+    size_t want = (heap->frontier + bytes - heap->committed + CHUNK_SIZE - 1) & ~(CHUNK_SIZE - 1);
+    if (heap->committed + want > heap->reserve_bytes) want = heap->reserve_bytes - heap->committed;
+    if (os_commit((void *)(heap->base + heap->committed), want) != 0) {
+      os_count_failure(heap);
+      errno = ENOMEM;
+      return NULL;
+    }
+    // Release: span_of() reads `committed` without the lock to bound its index.
+    __atomic_store_n(&heap->committed, heap->committed + want, __ATOMIC_RELEASE);
+  }
+  struct span *r = meta_span_alloc(heap, CCACHE_NUM_CLASSES, 0);
+  if (!r) {
+    os_count_failure(heap);
+    errno = ENOMEM;
+    return NULL;
+  }
+  r->kind = SPAN_FREE;
+  r->start = heap->base + heap->frontier;
+  r->npages = n;
+  heap->frontier += bytes;
+  return r;
+}
+
+struct span *page_heap_alloc_small(struct ccache_heap *heap, unsigned cls) {
+  size_t n = span_pages_for_class(cls);
+  uint32_t size = (uint32_t)ccache_class_size(cls);
+  uint32_t nobjs = (uint32_t)((n << PAGE_SHIFT) / size);
+  struct span *s = meta_span_alloc(heap, cls, nobjs);
+  if (!s) {
+    os_count_failure(heap);
+    errno = ENOMEM;
+    return NULL;
+  }
+  pthread_mutex_lock(&heap->page_lock);
+  struct span *run = take_run(heap, n);
+  if (!run) {
+    pthread_mutex_unlock(&heap->page_lock);
+    meta_span_free(heap, s);
+    return NULL;
+  }
+  if (run->npages > n) {  // split: the tail goes back
+    struct span *rest = meta_span_alloc(heap, CCACHE_NUM_CLASSES, 0);
+    if (!rest) {
+      run_insert(heap, run);
+      pthread_mutex_unlock(&heap->page_lock);
+      meta_span_free(heap, s);
+      os_count_failure(heap);
+      errno = ENOMEM;
+      return NULL;
+    }
+    rest->kind = SPAN_FREE;
+    rest->released = run->released;
+    rest->start = run->start + (n << PAGE_SHIFT);
+    rest->npages = run->npages - n;
+    run_insert(heap, rest);
+  }
+  s->kind = SPAN_SMALL;
+  s->start = run->start;
+  s->npages = n;
+  s->obj_size = size;
+  s->nfree = nobjs;
+  s->magic = (((uint64_t)1 << 40) + size - 1) / size;
+  size_t first = page_of(heap, s->start);
+  for (size_t i = 0; i < n; i++) set_page(heap, first + i, s);
+  pthread_mutex_unlock(&heap->page_lock);
+  meta_span_free(heap, run);
+  // Free blocks are poisoned until handed out (ASan); the span may hold old data.
+  CCACHE_ASAN_POISON((void *)s->start, n << PAGE_SHIFT);
+  return s;
+}
+
+struct page_range {
+  uintptr_t start;
+  size_t npages;
+};
+
+void page_heap_free_small(struct ccache_heap *heap, struct span *s) {
+  struct span *run = meta_span_alloc(heap, CCACHE_NUM_CLASSES, 0);
+  pthread_mutex_lock(&heap->page_lock);
+  size_t first = page_of(heap, s->start), n = s->npages;
+  for (size_t i = 0; i < n; i++) set_page(heap, first + i, NULL);
+  if (!run) {
+    // No metadata for a free run: keep the pages out of use (leaked to the heap, still
+    // returned at destroy). They were committed; count them as free, not released.
+    pthread_mutex_unlock(&heap->page_lock);
+    meta_span_free(heap, s);
+    return;
+  }
+  run->kind = SPAN_FREE;
+  run->start = s->start;
+  run->npages = n;
+  // Coalesce with free neighbours, remembering which parts still hold committed pages.
+  struct page_range warm[3] = {{s->start, n}, {0, 0}, {0, 0}};
+  int nwarm = 1;
+  if (first > 0) {
+    struct span *left = get_page(heap, first - 1);
+    if (left && left->kind == SPAN_FREE) {
+      run_remove(heap, left);
+      set_page(heap, first - 1, NULL);
+      set_page(heap, page_of(heap, left->start), NULL);
+      if (!left->released) warm[nwarm++] = (struct page_range){left->start, left->npages};
+      run->start = left->start;
+      run->npages += left->npages;
+      meta_span_free(heap, left);
+    }
+  }
+  size_t last = page_of(heap, run->start) + run->npages - 1;
+  if ((last + 1) << PAGE_SHIFT < heap->frontier) {
+    struct span *right = get_page(heap, last + 1);
+    if (right && right->kind == SPAN_FREE) {
+      run_remove(heap, right);
+      set_page(heap, last + 1, NULL);
+      set_page(heap, page_of(heap, right->start) + right->npages - 1, NULL);
+      if (!right->released) warm[nwarm++] = (struct page_range){right->start, right->npages};
+      run->npages += right->npages;
+      meta_span_free(heap, right);
+    }
+  }
+  // Past the threshold of committed free pages, give the warm parts back to the OS:
+  // the whole run is then released. Else the run counts as warm (a released neighbour
+  // merged into it is counted as committed until the run is released: conservative).
+  size_t warm_pages = 0;
+  for (int i = 0; i < nwarm; i++) warm_pages += warm[i].npages;
+  run->released = false;
+  if ((heap->free_pages + warm_pages) << PAGE_SHIFT > heap->release_threshold) {
+    for (int i = 0; i < nwarm; i++) {
+      size_t bytes = warm[i].npages << PAGE_SHIFT;
+      CCACHE_ASAN_UNPOISON((void *)warm[i].start, bytes);
+      os_release((void *)warm[i].start, bytes);
+      CCACHE_ASAN_POISON((void *)warm[i].start, bytes);
+      heap->released_total += bytes;
+    }
+    run->released = true;
+  }
+  run_insert(heap, run);
+  pthread_mutex_unlock(&heap->page_lock);
+  meta_span_free(heap, s);
+}
