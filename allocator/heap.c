@@ -83,7 +83,8 @@ void ccache_free(struct ccache_heap *heap, void *ptr) {
     if (__builtin_expect(!cpu_cache_push(heap, s->cls, ptr), 0)) overflow_slow(heap, s->cls, ptr);
     return;
   }
-  if (!large_free(heap, ptr)) ccache_report_bad_free(heap, ptr, "invalid free (not allocated by this heap)");
+  if (!large_free(heap, ptr))
+    ccache_report_bad_free(heap, ptr, "invalid or double free (no live block of this heap there)");
 }
 
 // ---------------------------------------------------------------------------------
