@@ -1,13 +1,12 @@
 // central.c: the central free lists, one per class, between the CPU caches and spans.
+#include <stdlib.h>
 #include <string.h>
 
 #include "allocator/internal.h"
 
 void central_init(struct ccache_heap *heap) {
-  for (unsigned c = 0; c < CCACHE_NUM_CLASSES; c++) {
-    memset(&heap->central[c], 0, sizeof heap->central[c]);
-    pthread_mutex_init(&heap->central[c].lock, NULL);
-  }
+  memset(heap->central, 0, sizeof heap->central);
+  for (unsigned s = 0; s < CENTRAL_STRIPES; s++) pthread_mutex_init(&heap->central_lock[s].lock, NULL);
 }
 
 static void list_push(struct central *c, struct span *s) {
@@ -32,10 +31,19 @@ static inline void set_state(struct span *s, uint32_t i, uint8_t v) {
   __atomic_store_n(&s->state[i], v, __ATOMIC_RELAXED);
 }
 
+// The next BLOCK_CENTRAL block from the span's cursor on (nfree > 0, so there is one).
+// Relaxed loads, not memchr: the frees of the span's other blocks flip their bytes
+// concurrently, and a plain read of them would be a data race.
+static uint32_t find_central(const struct span *s) {
+  for (uint32_t k = 0, i = s->cursor; k < s->nobjs; k++, i = i + 1 == s->nobjs ? 0 : i + 1)
+    if (__atomic_load_n(&s->state[i], __ATOMIC_RELAXED) == BLOCK_CENTRAL) return i;
+  abort();  // nfree said there was one: the heap is corrupt
+}
+
 int central_take(struct ccache_heap *heap, unsigned cls, void **out, int n) {
   struct central *c = &heap->central[cls];
   int got = 0;
-  pthread_mutex_lock(&c->lock);
+  pthread_mutex_lock(central_lock_of(heap, cls));
   while (got < n) {
     struct span *s = c->nonempty;
     if (!s) {
@@ -48,9 +56,7 @@ int central_take(struct ccache_heap *heap, unsigned cls, void **out, int n) {
       list_push(c, s);
     }
     while (got < n && s->nfree > 0) {
-      uint8_t *hit = memchr(s->state + s->cursor, BLOCK_CENTRAL, s->nobjs - s->cursor);
-      if (!hit) hit = memchr(s->state, BLOCK_CENTRAL, s->cursor);
-      uint32_t i = (uint32_t)(hit - s->state);
+      uint32_t i = find_central(s);
       set_state(s, i, BLOCK_CACHED);
       s->cursor = i + 1 == s->nobjs ? 0 : i + 1;
       s->nfree--;
@@ -59,13 +65,13 @@ int central_take(struct ccache_heap *heap, unsigned cls, void **out, int n) {
     }
     if (s->nfree == 0) list_remove(c, s);
   }
-  pthread_mutex_unlock(&c->lock);
+  pthread_mutex_unlock(central_lock_of(heap, cls));
   return got;
 }
 
 void central_give(struct ccache_heap *heap, unsigned cls, void *const *blocks, int n) {
   struct central *c = &heap->central[cls];
-  pthread_mutex_lock(&c->lock);
+  pthread_mutex_lock(central_lock_of(heap, cls));
   for (int k = 0; k < n; k++) {
     uintptr_t p = (uintptr_t)blocks[k];
     struct span *s = span_of(heap, p);
@@ -83,5 +89,5 @@ void central_give(struct ccache_heap *heap, unsigned cls, void *const *blocks, i
       page_heap_free_small(heap, s);
     }
   }
-  pthread_mutex_unlock(&c->lock);
+  pthread_mutex_unlock(central_lock_of(heap, cls));
 }

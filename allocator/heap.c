@@ -247,11 +247,11 @@ void ccache_get_stats(struct ccache_heap *heap, struct ccache_stats *out) {
     struct ccache_class_stats *cs = &out->classes[c];
     struct central *ce = &heap->central[c];
     cs->size = ccache_class_size(c);
-    pthread_mutex_lock(&ce->lock);
+    pthread_mutex_lock(central_lock_of(heap, c));
     cs->central = ce->free_blocks;
     cs->spans = ce->nspans;
     uint64_t total = ce->total_blocks;
-    pthread_mutex_unlock(&ce->lock);
+    pthread_mutex_unlock(central_lock_of(heap, c));
     cs->span_bytes = cs->spans * (span_pages_for_class(c) << PAGE_SHIFT);
     for (int cpu = 0; cpu < heap->ncpus; cpu++) {
       uint64_t n = cpu_cache_count(heap, cpu, c);
@@ -297,7 +297,7 @@ int ccache_check_heap(struct ccache_heap *heap) {
   int rc = 0;
   uint64_t central_seen[CCACHE_NUM_CLASSES] = {0}, cached_seen[CCACHE_NUM_CLASSES] = {0};
   uint64_t spans_seen[CCACHE_NUM_CLASSES] = {0};
-  for (unsigned c = 0; c < CCACHE_NUM_CLASSES; c++) pthread_mutex_lock(&heap->central[c].lock);
+  for (unsigned s = 0; s < CENTRAL_STRIPES; s++) pthread_mutex_lock(&heap->central_lock[s].lock);
   pthread_mutex_lock(&heap->page_lock);
   size_t pages = heap->frontier >> PAGE_SHIFT;
   for (size_t pg = 0; pg < pages;) {
@@ -316,7 +316,7 @@ int ccache_check_heap(struct ccache_heap *heap) {
         if (heap->span_of_page[pg + k] != s) FAIL_CHECK("span %p: page %zu unmapped", (void *)s, k);
       uint32_t central = 0, cached = 0;
       for (uint32_t i = 0; i < s->nobjs; i++) {
-        uint8_t st = s->state[i];
+        uint8_t st = __atomic_load_n(&s->state[i], __ATOMIC_RELAXED);
         if (st == BLOCK_CENTRAL) central++;
         else if (st == BLOCK_CACHED) cached++;
         else if (st != BLOCK_ALLOCATED) FAIL_CHECK("span %p block %u: state %u", (void *)s, i, st);
@@ -337,6 +337,6 @@ int ccache_check_heap(struct ccache_heap *heap) {
     for (int cpu = 0; cpu < heap->ncpus; cpu++) in_caches += cpu_cache_count(heap, cpu, c);
     if (in_caches != cached_seen[c]) FAIL_CHECK("class %u: %lu blocks in CPU caches, %lu marked cached", c, (unsigned long)in_caches, (unsigned long)cached_seen[c]);
   }
-  for (unsigned c = CCACHE_NUM_CLASSES; c-- > 0;) pthread_mutex_unlock(&heap->central[c].lock);
+  for (unsigned s = CENTRAL_STRIPES; s-- > 0;) pthread_mutex_unlock(&heap->central_lock[s].lock);
   return rc;
 }

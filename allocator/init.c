@@ -13,7 +13,7 @@ static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 // nobody will release: take them all (in lock order) before fork, release after.
 static void lock_all(struct ccache_heap *h) {
   pthread_mutex_lock(&h->drain_lock);
-  for (unsigned c = 0; c < CCACHE_NUM_CLASSES; c++) pthread_mutex_lock(&h->central[c].lock);
+  for (unsigned s = 0; s < CENTRAL_STRIPES; s++) pthread_mutex_lock(&h->central_lock[s].lock);
   pthread_mutex_lock(&h->page_lock);
   pthread_mutex_lock(&h->large_lock);
   pthread_mutex_lock(&h->meta_lock);
@@ -23,7 +23,7 @@ static void unlock_all(struct ccache_heap *h) {
   pthread_mutex_unlock(&h->meta_lock);
   pthread_mutex_unlock(&h->large_lock);
   pthread_mutex_unlock(&h->page_lock);
-  for (unsigned c = CCACHE_NUM_CLASSES; c-- > 0;) pthread_mutex_unlock(&h->central[c].lock);
+  for (unsigned s = CENTRAL_STRIPES; s-- > 0;) pthread_mutex_unlock(&h->central_lock[s].lock);
   pthread_mutex_unlock(&h->drain_lock);
 }
 

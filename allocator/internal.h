@@ -37,7 +37,7 @@
 // the free of an interior or foreign pointer is reported before it reaches any list.
 //
 // Locks (each with its reason at the declaration); order, outermost first:
-//   heap->drain_lock -> central[c].lock -> heap->page_lock ; heap->large_lock alone;
+//   heap->drain_lock -> central_lock[stripe] -> heap->page_lock ; large_lock alone;
 //   heap->meta_lock is a leaf. fork() takes all of them (atfork handlers).
 #ifndef CCACHE_ALLOCATOR_INTERNAL_H_
 #define CCACHE_ALLOCATOR_INTERNAL_H_
@@ -77,14 +77,16 @@ struct span {
   struct span *meta_next;    // the metadata arena's recycle list
 };
 
+// The central list of one class. Guarded by heap->central_lock[cls % CENTRAL_STRIPES]:
+// refills and drains of many CPUs meet here. Striped, not one lock per class, so that
+// fork handlers (and TSan, which tracks at most 64 held locks) hold few locks.
 struct central {
-  // Guards the spans of this class and their free_idx stacks: refills and drains of
-  // many CPUs meet here, and a span's free list is no per-CPU structure.
-  pthread_mutex_t lock;
   struct span *nonempty;  // spans with nfree > 0
   uint64_t free_blocks;   // sum of nfree
   uint64_t nspans, total_blocks;
-} __attribute__((aligned(CACHELINE)));
+};
+
+#define CENTRAL_STRIPES 8
 
 #define PAGE_HEAP_BUCKETS 64  // free runs of 1..63 pages by size; larger ones in [0]
 
@@ -118,6 +120,10 @@ struct ccache_heap {
 
   // --- central lists
   struct central central[CCACHE_NUM_CLASSES];
+  // Guards central[c] for every c with c % CENTRAL_STRIPES == stripe (see struct central).
+  struct {
+    pthread_mutex_t lock;
+  } __attribute__((aligned(CACHELINE))) central_lock[CENTRAL_STRIPES];
 
   // --- CPU caches
   int ncpus;                   // regions (rseq_index_count)
@@ -171,7 +177,8 @@ struct span *page_heap_alloc_small(struct ccache_heap *heap, unsigned cls);
 void page_heap_free_small(struct ccache_heap *heap, struct span *s);
 static inline struct span *span_of(const struct ccache_heap *heap, uintptr_t addr) {
   uintptr_t off = addr - heap->base;
-  if (off >= heap->committed) return NULL;  // relaxed read: committed only grows
+  // Relaxed: committed only grows, and an address below it was handed out after it grew.
+  if (off >= __atomic_load_n(&heap->committed, __ATOMIC_RELAXED)) return NULL;
   // Relaxed: an entry is set under page_lock before any block of its span is handed
   // out; a reader holding such a block got it through a path that synchronized.
   return __atomic_load_n(&heap->span_of_page[off >> PAGE_SHIFT], __ATOMIC_RELAXED);
@@ -203,6 +210,10 @@ void *large_alloc(struct ccache_heap *heap, size_t size, size_t alignment);
 // Frees ptr when it is a large block of this heap: 1; 0 when it is not one.
 int large_free(struct ccache_heap *heap, void *ptr);
 size_t large_usable_size(struct ccache_heap *heap, const void *ptr);  // 0: not large
+
+static inline pthread_mutex_t *central_lock_of(struct ccache_heap *heap, unsigned cls) {
+  return &heap->central_lock[cls % CENTRAL_STRIPES].lock;
+}
 
 // heap.c
 __attribute__((noreturn, cold)) void ccache_report_bad_free(const struct ccache_heap *heap,

@@ -16,7 +16,7 @@ static size_t meta_size(uint32_t nobjs) {
 }
 
 static void *meta_bump(struct ccache_heap *heap, size_t bytes) {
-  if (heap->meta_cur + bytes > heap->meta_end) {
+  if (!heap->meta_cur || (size_t)(heap->meta_end - heap->meta_cur) < bytes) {
     size_t chunk = bytes + 16 > META_CHUNK ? bytes + 16 : META_CHUNK;
     char *c = os_map(chunk);
     if (!c) return NULL;
