@@ -1,0 +1,213 @@
+// preload.c: the process-wide malloc replacement. Built into libccache_malloc.so (for
+// LD_PRELOAD) and into //allocator:malloc_static (linked into a binary, it replaces
+// the whole malloc family). Options, read once from the environment (see ccache.h):
+//   CCACHE_MODE=rseq|cas|auto  CCACHE_INDEX=cpu|cid  CCACHE_CPU_CACHE_BYTES=N
+//   CCACHE_RESERVE_GB=N        CCACHE_STATS=1 (print the heap's stats at exit)
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "allocator/ccache.h"
+
+// Acquire/release: the heap is fully built before another thread can see the pointer.
+static struct ccache_heap *_Atomic process_heap;
+// Guards the one-time creation of the process heap.
+static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
+static __thread int in_init;  // creation may call malloc (e.g. pthread_atfork)
+
+// Allocations made while the heap is being created come from here; they are never
+// freed (free() recognizes and ignores them). Each is preceded by its size.
+static _Alignas(16) char bootstrap[256 * 1024];
+static size_t bootstrap_used;  // guarded by init_lock (only the creating thread gets here)
+
+static bool in_bootstrap(const void *p) {
+  return (const char *)p >= bootstrap && (const char *)p < bootstrap + sizeof bootstrap;
+}
+
+static void *bootstrap_alloc(size_t size) {
+  size_t need = (size + 16 + 15) & ~(size_t)15;
+  if (size > sizeof bootstrap || bootstrap_used + need > sizeof bootstrap) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  char *p = bootstrap + bootstrap_used;
+  bootstrap_used += need;
+  *(size_t *)p = size;
+  return p + 16;
+}
+
+static size_t env_size(const char *name, size_t fallback) {
+  const char *v = getenv(name);
+  if (!v || !*v) return fallback;
+  char *end;
+  unsigned long long n = strtoull(v, &end, 0);
+  return *end ? fallback : (size_t)n;
+}
+
+// A copy of stderr taken at start: programs such as sort(1) close fd 2 before exit.
+static int stats_fd = -1;
+
+static void print_stats_at_exit(void) {
+  struct ccache_heap *h = atomic_load_explicit(&process_heap, memory_order_acquire);
+  if (!h) return;
+  static struct ccache_stats st;  // large: not on the stack of an exiting thread
+  ccache_get_stats(h, &st);
+  char msg[512];
+  int n = snprintf(msg, sizeof msg,
+                   "ccache: process heap (%s mode, %s index): in use %lu B, CPU caches %lu B, "
+                   "central %lu B, OS %lu B, released %lu B, large %lu; aborts pop %lu push %lu; "
+                   "refills %lu drains %lu\n",
+                   rseq_mode_name(st.mode), rseq_index_name(st.index),
+                   (unsigned long)st.in_use_bytes, (unsigned long)st.cached_bytes,
+                   (unsigned long)st.central_bytes, (unsigned long)st.os_bytes,
+                   (unsigned long)st.released_bytes, (unsigned long)st.large_count,
+                   (unsigned long)st.pop_aborts, (unsigned long)st.push_aborts,
+                   (unsigned long)st.refills, (unsigned long)st.drains);
+  if (n > 0 && write(stats_fd, msg, (size_t)n) < 0) {
+  }
+}
+
+static struct ccache_heap *create_process_heap(void) {
+  struct ccache_options o = {0};
+  int mode = rseq_mode_parse(getenv("CCACHE_MODE") ? getenv("CCACHE_MODE") : "auto");
+  int index = rseq_index_parse(getenv("CCACHE_INDEX") ? getenv("CCACHE_INDEX") : "cpu");
+  o.mode = mode < 0 ? RSEQ_MODE_AUTO : (enum rseq_mode)mode;
+  o.index = index < 0 ? RSEQ_INDEX_CPU_ID : (enum rseq_index)index;
+  o.cpu_cache_bytes = env_size("CCACHE_CPU_CACHE_BYTES", 0);
+  o.reserve_bytes = env_size("CCACHE_RESERVE_GB", 64) << 30;
+  struct ccache_heap *h = ccache_heap_create(&o);
+  if (!h && o.mode == RSEQ_MODE_RSEQ) {
+    // Explicit rseq that this machine cannot give: say so once, and run in CAS mode
+    // rather than fail every allocation of the program.
+    static const char msg[] = "ccache: CCACHE_MODE=rseq but rseq is unavailable; using CAS mode\n";
+    if (write(2, msg, sizeof msg - 1) < 0) {
+    }
+    o.mode = RSEQ_MODE_CAS;
+    h = ccache_heap_create(&o);
+  }
+  if (!h) {
+    static const char msg[] = "ccache: cannot create the process heap (out of address space?)\n";
+    if (write(2, msg, sizeof msg - 1) < 0) {
+    }
+    abort();
+  }
+  const char *stats = getenv("CCACHE_STATS");
+  if (stats && *stats == '1') {
+    stats_fd = fcntl(2, F_DUPFD_CLOEXEC, 3);
+    atexit(print_stats_at_exit);
+  }
+  return h;
+}
+
+static struct ccache_heap *heap_slow(void) {
+  if (in_init) return NULL;  // a malloc from inside the creation: bootstrap memory
+  pthread_mutex_lock(&init_lock);
+  struct ccache_heap *h = atomic_load_explicit(&process_heap, memory_order_acquire);
+  if (!h) {
+    in_init = 1;
+    h = create_process_heap();
+    in_init = 0;
+    atomic_store_explicit(&process_heap, h, memory_order_release);
+  }
+  pthread_mutex_unlock(&init_lock);
+  return h;
+}
+
+static inline struct ccache_heap *heap(void) {
+  struct ccache_heap *h = atomic_load_explicit(&process_heap, memory_order_acquire);
+  return __builtin_expect(h != NULL, 1) ? h : heap_slow();
+}
+
+struct ccache_heap *ccache_process_heap(void) { return heap(); }
+
+// --- the malloc family
+
+void *malloc(size_t size) {
+  struct ccache_heap *h = heap();
+  return h ? ccache_malloc(h, size) : bootstrap_alloc(size);
+}
+
+void free(void *ptr) {
+  if (!ptr || in_bootstrap(ptr)) return;
+  ccache_free(heap(), ptr);
+}
+
+void free_sized(void *ptr, size_t size) {
+  if (!ptr || in_bootstrap(ptr)) return;
+  ccache_free_sized(heap(), ptr, size);
+}
+
+void free_aligned_sized(void *ptr, size_t alignment, size_t size) {
+  (void)alignment;
+  free_sized(ptr, size);
+}
+
+void *calloc(size_t n, size_t size) {
+  struct ccache_heap *h = heap();
+  if (h) return ccache_calloc(h, n, size);
+  size_t total;
+  if (__builtin_mul_overflow(n, size, &total)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  return bootstrap_alloc(total);  // static memory: already zero
+}
+
+void *realloc(void *ptr, size_t size) {
+  if (ptr && in_bootstrap(ptr)) {
+    void *q = malloc(size);
+    size_t old = *(size_t *)((char *)ptr - 16);
+    if (q) memcpy(q, ptr, old < size ? old : size);
+    return q;
+  }
+  struct ccache_heap *h = heap();
+  return h ? ccache_realloc(h, ptr, size) : bootstrap_alloc(size);
+}
+
+void *reallocarray(void *ptr, size_t n, size_t size) {
+  size_t total;
+  if (__builtin_mul_overflow(n, size, &total)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  return realloc(ptr, total);
+}
+
+void *aligned_alloc(size_t alignment, size_t size) {
+  struct ccache_heap *h = heap();
+  return h ? ccache_aligned_alloc(h, alignment, size) : bootstrap_alloc(size);
+}
+
+void *memalign(size_t alignment, size_t size) { return aligned_alloc(alignment, size); }
+
+int posix_memalign(void **out, size_t alignment, size_t size) {
+  struct ccache_heap *h = heap();
+  if (h) return ccache_posix_memalign(h, out, alignment, size);
+  void *p = bootstrap_alloc(size);  // 16-byte aligned: enough this early
+  if (!p || alignment > 16) return ENOMEM;
+  *out = p;
+  return 0;
+}
+
+void *valloc(size_t size) { return aligned_alloc((size_t)sysconf(_SC_PAGESIZE), size); }
+
+void *pvalloc(size_t size) {
+  size_t page = (size_t)sysconf(_SC_PAGESIZE);
+  size_t rounded = (size + page - 1) & ~(page - 1);
+  if (rounded < size) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  return aligned_alloc(page, rounded ? rounded : page);
+}
+
+size_t malloc_usable_size(void *ptr) {
+  if (!ptr) return 0;
+  if (in_bootstrap(ptr)) return *(size_t *)((char *)ptr - 16);
+  return ccache_malloc_usable_size(heap(), ptr);
+}

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# preload_smoke_test: real programs under LD_PRELOAD=libccache_malloc.so give output
+# byte-identical to a run on glibc's malloc, in rseq mode and in CAS mode:
+# python3 building and sorting a large dict, sort(1) on a large generated file, and a
+# gzip round trip. CCACHE_STATS=1 proves the library was really in charge.
+set -euo pipefail
+lib="$(pwd)/$1"
+[ -f "$lib" ] || { echo "FAIL: $lib not found"; exit 1; }
+tmp="${TEST_TMPDIR:-$(mktemp -d)}"
+fail=0
+
+py='
+import random
+random.seed(12345)
+d = {}
+for i in range(300000):
+    d["k%07d" % random.randrange(10**7)] = [i, str(i) * (i % 7)]
+items = sorted(d.items())
+print(len(items), items[0][0], items[-1][0], sum(v[0] for _, v in items) % 1000003)
+print(sorted(d.keys(), key=lambda k: (len(d[k][1]), k))[:5])
+'
+python3 -c 'import random
+random.seed(7)
+for i in range(400000): print(random.randrange(10**9), "x" * random.randrange(30))' > "$tmp/input.txt"
+
+run() {  # name, then the command
+  local name=$1
+  shift
+  "$@" > "$tmp/$name.glibc" 2>/dev/null
+  for mode in rseq cas; do
+    if ! CCACHE_MODE=$mode CCACHE_STATS=1 LD_PRELOAD="$lib" "$@" > "$tmp/$name.$mode" 2> "$tmp/$name.$mode.err"; then
+      echo "FAIL: $name (CCACHE_MODE=$mode) exited non-zero:"; cat "$tmp/$name.$mode.err"; fail=1; continue
+    fi
+    if ! grep -q "ccache: process heap ($mode mode" "$tmp/$name.$mode.err"; then
+      echo "FAIL: $name (CCACHE_MODE=$mode): libccache_malloc.so was not in charge:"; cat "$tmp/$name.$mode.err"; fail=1; continue
+    fi
+    if ! cmp -s "$tmp/$name.glibc" "$tmp/$name.$mode"; then
+      echo "FAIL: $name (CCACHE_MODE=$mode): output differs from the glibc run"; fail=1; continue
+    fi
+    echo "ok: $name, CCACHE_MODE=$mode: identical output; $(grep 'ccache: process heap' "$tmp/$name.$mode.err")"
+  done
+}
+
+run python3 python3 -c "$py"
+run sort sort "$tmp/input.txt"
+run gzip bash -c "gzip -c '$tmp/input.txt' | gzip -dc | md5sum"
+[ $fail -eq 0 ] && echo PASS
+exit $fail

@@ -1,0 +1,12 @@
+"""Helpers for targets that cannot run under some sanitizer."""
+
+# target_compatible_with for targets that replace malloc: ASan, TSan, MSan and the fuzz
+# config (ASan) interpose malloc themselves, so a second replacement cannot link.
+# UBSan has no allocator of its own: those targets build and run under it.
+INCOMPATIBLE_WITH_MALLOC_SANITIZERS = select({
+    "//sanitizers:asan": ["@platforms//:incompatible"],
+    "//sanitizers:tsan": ["@platforms//:incompatible"],
+    "//sanitizers:msan": ["@platforms//:incompatible"],
+    "//sanitizers:fuzz": ["@platforms//:incompatible"],
+    "//conditions:default": [],
+})
