@@ -41,8 +41,30 @@ static void *bootstrap_alloc(size_t size) {
   return p + 16;
 }
 
+extern char **environ;
+
+// getenv, also before libc has set up environ (a sanitizer runtime or an ELF
+// constructor may call malloc that early): then from /proc/self/environ, read into a
+// static buffer, without allocating.
+static const char *env_get(const char *name) {
+  if (environ) return getenv(name);
+  static char buf[32768];
+  static ssize_t len = -1;
+  if (len < 0) {
+    int fd = open("/proc/self/environ", O_RDONLY | O_CLOEXEC);
+    len = fd >= 0 ? read(fd, buf, sizeof buf - 1) : 0;
+    if (len < 0) len = 0;
+    buf[len] = 0;
+    if (fd >= 0) close(fd);
+  }
+  size_t n = strlen(name);
+  for (char *p = buf; p < buf + len; p += strlen(p) + 1)
+    if (!strncmp(p, name, n) && p[n] == '=') return p + n + 1;
+  return NULL;
+}
+
 static size_t env_size(const char *name, size_t fallback) {
-  const char *v = getenv(name);
+  const char *v = env_get(name);
   if (!v || !*v) return fallback;
   char *end;
   unsigned long long n = strtoull(v, &end, 0);
@@ -74,8 +96,9 @@ static void print_stats_at_exit(void) {
 
 static struct ccache_heap *create_process_heap(void) {
   struct ccache_options o = {0};
-  int mode = rseq_mode_parse(getenv("CCACHE_MODE") ? getenv("CCACHE_MODE") : "auto");
-  int index = rseq_index_parse(getenv("CCACHE_INDEX") ? getenv("CCACHE_INDEX") : "cpu");
+  const char *mode_env = env_get("CCACHE_MODE"), *index_env = env_get("CCACHE_INDEX");
+  int mode = rseq_mode_parse(mode_env ? mode_env : "auto");
+  int index = rseq_index_parse(index_env ? index_env : "cpu");
   o.mode = mode < 0 ? RSEQ_MODE_AUTO : (enum rseq_mode)mode;
   o.index = index < 0 ? RSEQ_INDEX_CPU_ID : (enum rseq_index)index;
   o.cpu_cache_bytes = env_size("CCACHE_CPU_CACHE_BYTES", 0);
@@ -96,7 +119,7 @@ static struct ccache_heap *create_process_heap(void) {
     }
     abort();
   }
-  const char *stats = getenv("CCACHE_STATS");
+  const char *stats = env_get("CCACHE_STATS");
   if (stats && *stats == '1') {
     stats_fd = fcntl(2, F_DUPFD_CLOEXEC, 3);
     atexit(print_stats_at_exit);

@@ -10,3 +10,14 @@ INCOMPATIBLE_WITH_MALLOC_SANITIZERS = select({
     "//sanitizers:fuzz": ["@platforms//:incompatible"],
     "//conditions:default": [],
 })
+
+# A preloaded shared library: under any sanitizer it would need that sanitizer's
+# runtime inside every program it is preloaded into (python3, sort, gzip).
+INCOMPATIBLE_WITH_ANY_SANITIZER = select({
+    "//sanitizers:asan": ["@platforms//:incompatible"],
+    "//sanitizers:tsan": ["@platforms//:incompatible"],
+    "//sanitizers:ubsan": ["@platforms//:incompatible"],
+    "//sanitizers:msan": ["@platforms//:incompatible"],
+    "//sanitizers:fuzz": ["@platforms//:incompatible"],
+    "//conditions:default": [],
+})
