@@ -17,7 +17,7 @@ static const char *cases[] = {
 };
 static const char *expected[] = {
     "double free",   "invalid or double free (no live block of this heap there)", "free",
-    "invalid free (not the start of a block)", "invalid or double free", "sized free with a size of another class",
+    "invalid free (not the start of a block)", "invalid or double free", "sized free with a size larger than the block",
     "malloc_usable_size of a block that is not allocated", "double free",
 };
 

@@ -49,7 +49,8 @@ const char *ccache_heap_mode_reason(const struct ccache_heap *heap);  // why CAS
 
 void *ccache_malloc(struct ccache_heap *heap, size_t size);
 void ccache_free(struct ccache_heap *heap, void *ptr);
-// Sized free: `size` must be the size asked for (or anything up to the usable size).
+// Sized free: `size` must be the size asked for (anything up to the usable size); a
+// larger size is reported like an invalid free.
 void ccache_free_sized(struct ccache_heap *heap, void *ptr, size_t size);
 void *ccache_calloc(struct ccache_heap *heap, size_t n, size_t size);
 void *ccache_realloc(struct ccache_heap *heap, void *ptr, size_t size);

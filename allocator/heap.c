@@ -116,9 +116,11 @@ static void overflow_slow(struct ccache_heap *heap, unsigned cls, void *block) {
 void ccache_free_sized(struct ccache_heap *heap, void *ptr, size_t size) {
   if (!ptr) return;
   if ((uintptr_t)ptr - heap->base < heap->reserve_bytes) {
+    // A block may sit in a larger class than its size maps to (aligned allocations),
+    // so the size can only be checked against the block's size.
     struct span *s = span_of(heap, (uintptr_t)ptr);
-    if (s && s->kind == SPAN_SMALL && (size > CCACHE_MAX_SMALL || ccache_size_to_class(size) != s->cls))
-      ccache_report_bad_free(heap, ptr, "sized free with a size of another class");
+    if (s && s->kind == SPAN_SMALL && size > s->obj_size)
+      ccache_report_bad_free(heap, ptr, "sized free with a size larger than the block");
   } else if (large_usable_size(heap, ptr) < size) {
     ccache_report_bad_free(heap, ptr, "sized free with a size larger than the block");
   }

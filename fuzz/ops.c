@@ -1,0 +1,542 @@
+// ops.c: the operation-stream interpreters and their shadow models (see ops.h).
+#include "fuzz/ops.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "allocator/ccache.h"
+#include "ring/ring.h"
+
+static const char *const alloc_kinds[] = {"malloc", "calloc", "realloc", "aligned", "free",
+                                          "usable_size", "drain_cpu", "drain_all", "set_cpu"};
+static const char *const ring_kinds[] = {"offer", "poll", "offer_batch", "poll_batch", "set_cpu"};
+static const char *const prim_kinds[] = {"addv",      "cmpeqv_storev", "trystorev_storev",
+                                         "trymemcpy", "list_push",     "list_pop",
+                                         "set_cpu"};
+enum { A_MALLOC, A_CALLOC, A_REALLOC, A_ALIGNED, A_FREE, A_USABLE, A_DRAIN, A_DRAIN_ALL, A_CPU, A_N };
+enum { R_OFFER, R_POLL, R_OFFER_BATCH, R_POLL_BATCH, R_CPU, R_N };
+enum { P_ADD, P_CMPEQ, P_TRYSTORE, P_MEMCPY, P_PUSH, P_POP, P_CPU, P_N };
+
+const char *ops_family_name(enum ops_family f) {
+  return f == FAMILY_ALLOC ? "alloc" : f == FAMILY_RING ? "ring" : "prim";
+}
+
+int ops_kind_count(enum ops_family f) { return f == FAMILY_ALLOC ? A_N : f == FAMILY_RING ? R_N : P_N; }
+
+const char *ops_kind_name(enum ops_family f, int kind) {
+  if (kind < 0 || kind >= ops_kind_count(f)) return "?";
+  return f == FAMILY_ALLOC ? alloc_kinds[kind] : f == FAMILY_RING ? ring_kinds[kind] : prim_kinds[kind];
+}
+
+size_t ops_decode(const uint8_t *data, size_t size, struct op *out, size_t max) {
+  size_t n = 0;
+  for (size_t i = 0; i + 10 <= size && n < max; i += 10, n++) {
+    out[n].kind = data[i];
+    out[n].cpu = data[i + 1];
+    memcpy(&out[n].a, data + i + 2, 4);
+    memcpy(&out[n].b, data + i + 6, 4);
+  }
+  return n;
+}
+
+static uint64_t next_rand(uint64_t *s) {
+  uint64_t x = *s;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  *s = x;
+  return x * 0x2545F4914F6CDD1DULL;
+}
+
+void ops_generate(enum ops_family f, uint64_t seed, struct op *out, size_t n) {
+  uint64_t s = seed * 0x9E3779B97F4A7C15ULL + 1;
+  int kinds = ops_kind_count(f);
+  for (size_t i = 0; i < n; i++) {
+    uint64_t x = next_rand(&s), y = next_rand(&s);
+    int kind = (int)(x % 100);
+    // Weighted toward the common operations.
+    if (f == FAMILY_ALLOC)
+      kind = kind < 40 ? A_MALLOC : kind < 45 ? A_CALLOC : kind < 52 ? A_REALLOC : kind < 56 ? A_ALIGNED
+           : kind < 88 ? A_FREE : kind < 92 ? A_USABLE : kind < 93 ? A_DRAIN : kind < 94 ? A_DRAIN_ALL : A_CPU;
+    else
+      kind = (int)(x % (uint64_t)kinds);
+    out[i].kind = (uint8_t)kind;
+    out[i].cpu = (uint8_t)(x >> 8);
+    out[i].a = (uint32_t)(y);
+    out[i].b = (uint32_t)(y >> 32);
+  }
+}
+
+void ops_trace_free(struct ops_trace *t) {
+  free(t->v);
+  memset(t, 0, sizeof *t);
+}
+
+static void emit(struct ops_trace *t, uint64_t v) {
+  if (!t) return;
+  if (t->n == t->cap) {
+    t->cap = t->cap ? 2 * t->cap : 1024;
+    t->v = realloc(t->v, t->cap * sizeof *t->v);
+  }
+  t->v[t->n++] = v;
+}
+
+long ops_trace_diff(const struct ops_trace *a, const struct ops_trace *b) {
+  size_t n = a->n < b->n ? a->n : b->n;
+  for (size_t i = 0; i < n; i++)
+    if (a->v[i] != b->v[i]) return (long)i;
+  return a->n == b->n ? -1 : (long)n;
+}
+
+void ops_print(enum ops_family f, const struct op *ops, size_t n, FILE *out) {
+  for (size_t i = 0; i < n; i++)
+    fprintf(out, "  %zu: %s %s cpu=%u a=%u b=%u\n", i, ops_family_name(f),
+            ops_kind_name(f, ops[i].kind % ops_kind_count(f)), ops[i].cpu, ops[i].a, ops[i].b);
+}
+
+static int fail(struct ops_result *r, size_t op, const char *fmt, ...) {
+  if (r->failed) return -1;
+  r->failed = 1;
+  r->failed_op = op;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(r->message, sizeof r->message, fmt, ap);
+  va_end(ap);
+  return -1;
+}
+
+static int ncpus_for(enum rseq_index index) {
+  int n = rseq_index_count(index);
+  return n > 0 ? n : 1;
+}
+
+// ---------------------------------------------------------------------------------
+// Allocator streams.
+
+#define MAX_LIVE 256
+
+struct block {
+  unsigned char *p;
+  size_t size;
+  uint8_t seed;
+};
+
+static void pattern(unsigned char *p, size_t n, uint8_t seed) {
+  for (size_t i = 0; i < n; i++) p[i] = (unsigned char)(seed + i * 13);
+}
+
+static long pattern_mismatch(const unsigned char *p, size_t n, uint8_t seed) {
+  for (size_t i = 0; i < n; i++)
+    if (p[i] != (unsigned char)(seed + i * 13)) return (long)i;
+  return -1;
+}
+
+// Request sizes: mostly small, some medium, a few large (> 256 KiB).
+static size_t pick_size(uint32_t a) {
+  switch (a % 16) {
+    case 0:
+      return 256 * 1024 + (a >> 4) % (1 << 20);
+    case 1:
+    case 2:
+      return (a >> 4) % 70000;
+    default:
+      return (a >> 4) % 1100;
+  }
+}
+
+static int check_new_block(struct block *live, int n, const unsigned char *p, size_t size,
+                           size_t usable, size_t align, struct ops_result *r, size_t op) {
+  if (((uintptr_t)p & (align - 1)) != 0) return fail(r, op, "block %p not aligned to %zu", (void *)p, align);
+  if (usable < size) return fail(r, op, "usable size %zu < requested %zu", usable, size);
+  for (int i = 0; i < n; i++) {
+    // No overlap with any live block (intervals by usable size are checked one way
+    // here: the new block's start and end against each live block's request).
+    const unsigned char *q = live[i].p;
+    size_t qs = live[i].size ? live[i].size : 1;
+    if (p < q + qs && q < p + (size ? size : 1))
+      return fail(r, op, "new block %p+%zu overlaps live block %p+%zu", (void *)p, size, (void *)q, qs);
+  }
+  return 0;
+}
+
+static void emit_stats(struct ccache_heap *h, struct ops_trace *t) {
+  static struct ccache_stats st;
+  ccache_get_stats(h, &st);
+  uint64_t hash = 1469598103934665603ULL;
+  for (unsigned c = 0; c < CCACHE_NUM_CLASSES; c++) {
+    const struct ccache_class_stats *cs = &st.classes[c];
+    uint64_t v[4] = {cs->in_use, cs->cached_cpu, cs->central, cs->spans};
+    for (int k = 0; k < 4; k++) hash = (hash ^ v[k]) * 1099511628211ULL;
+  }
+  emit(t, hash);
+  emit(t, st.in_use_bytes);
+  emit(t, st.large_count);
+}
+
+static void run_alloc(enum rseq_mode mode, enum rseq_index index, const struct op *ops, size_t n,
+                      struct ops_trace *t, struct ops_result *r) {
+  struct ccache_options o = {.mode = mode, .index = index, .reserve_bytes = (size_t)1 << 31};
+  struct ccache_heap *h = ccache_heap_create(&o);
+  if (!h) {
+    fail(r, 0, "ccache_heap_create(%s, %s): errno %d", rseq_mode_name(mode), rseq_index_name(index), errno);
+    return;
+  }
+  int ncpus = ncpus_for(index);
+  struct block live[MAX_LIVE];
+  int nlive = 0;
+  rseq_fake_cpu_set(0);
+  for (size_t i = 0; i < n && !r->failed; i++) {
+    const struct op *op = &ops[i];
+    int kind = op->kind % A_N;
+    uint64_t obs = (uint64_t)kind << 56;
+    switch (kind) {
+      case A_MALLOC:
+      case A_CALLOC:
+      case A_ALIGNED: {
+        if (nlive == MAX_LIVE) break;
+        size_t size = pick_size(op->a), align = 16;
+        unsigned char *p;
+        if (kind == A_MALLOC) {
+          p = ccache_malloc(h, size);
+        } else if (kind == A_CALLOC) {
+          size = op->a % 4096;
+          p = ccache_calloc(h, 1, size);
+          for (size_t k = 0; p && k < size; k++)
+            if (p[k]) {
+              fail(r, i, "calloc(%zu): byte %zu is %u", size, k, p[k]);
+              break;
+            }
+        } else {
+          align = (size_t)16 << (op->b % 10);
+          size = op->a % 20000;
+          p = ccache_aligned_alloc(h, align, size);
+        }
+        if (!p) {
+          obs |= 1ULL << 48;  // failure is observable, and must match
+          break;
+        }
+        size_t usable = ccache_malloc_usable_size(h, p);
+        if (check_new_block(live, nlive, p, size, usable, align, r, i)) break;
+        uint8_t seed = (uint8_t)(i * 7 + 1);
+        pattern(p, size, seed);
+        live[nlive++] = (struct block){p, size, seed};
+        obs |= usable;
+        break;
+      }
+      case A_REALLOC: {
+        if (!nlive) break;
+        struct block *b = &live[op->a % (uint32_t)nlive];
+        size_t size = pick_size(op->b);
+        if (size == 0) size = 1;  // realloc(p, 0) frees: not this op
+        unsigned char *q = ccache_realloc(h, b->p, size);
+        if (!q) {
+          obs |= 1ULL << 48;
+          break;
+        }
+        size_t keep = size < b->size ? size : b->size;
+        long bad = pattern_mismatch(q, keep, b->seed);
+        if (bad >= 0) {
+          fail(r, i, "realloc(%zu -> %zu) lost byte %ld", b->size, size, bad);
+          break;
+        }
+        b->p = NULL;  // excluded from the overlap check against itself
+        size_t usable = ccache_malloc_usable_size(h, q);
+        struct block tmp = *b;
+        *b = live[--nlive];
+        if (check_new_block(live, nlive, q, size, usable, 16, r, i)) break;
+        tmp.p = q;
+        tmp.size = size;
+        pattern(q, size, tmp.seed);
+        live[nlive++] = tmp;
+        obs |= usable;
+        break;
+      }
+      case A_FREE:
+      case A_USABLE: {
+        if (!nlive) break;
+        int k = (int)(op->a % (uint32_t)nlive);
+        long bad = pattern_mismatch(live[k].p, live[k].size, live[k].seed);
+        if (bad >= 0) {
+          fail(r, i, "block %p+%zu: byte %ld changed while live", (void *)live[k].p, live[k].size, bad);
+          break;
+        }
+        if (kind == A_USABLE) {
+          obs |= ccache_malloc_usable_size(h, live[k].p);
+          break;
+        }
+        if (op->b & 1)
+          ccache_free_sized(h, live[k].p, live[k].size);
+        else
+          ccache_free(h, live[k].p);
+        live[k] = live[--nlive];
+        break;
+      }
+      case A_DRAIN:
+        obs |= (uint64_t)(ccache_drain_cpu(h, (int)(op->a % (uint32_t)ncpus)) != 0);
+        break;
+      case A_DRAIN_ALL:
+        obs |= (uint64_t)(ccache_drain_all(h) != 0);
+        break;
+      case A_CPU:
+        rseq_fake_cpu_set(op->cpu % ncpus);
+        obs |= op->cpu % (unsigned)ncpus;
+        break;
+    }
+    emit(t, obs);
+    if (i % 64 == 63) emit_stats(h, t);
+  }
+  if (!r->failed) {
+    emit_stats(h, t);
+    if (ccache_check_heap(h) != 0) fail(r, n, "heap invariants broken (see stderr)");
+  }
+  for (int k = 0; k < nlive; k++) ccache_free(h, live[k].p);
+  if (!r->failed) {
+    struct ccache_stats st;
+    ccache_get_stats(h, &st);
+    if (st.in_use_bytes != 0) fail(r, n, "%lu bytes in use after freeing everything", (unsigned long)st.in_use_bytes);
+    else if (ccache_check_heap(h) != 0) fail(r, n, "heap invariants broken after freeing everything");
+  }
+  ccache_heap_destroy(h);
+}
+
+// ---------------------------------------------------------------------------------
+// Ring streams: a model FIFO per shard, round-robin polling.
+
+#define RING_CAP 8
+#define MODEL_SHARDS 64
+
+struct ring_model {
+  uintptr_t q[MODEL_SHARDS][RING_CAP];
+  int head[MODEL_SHARDS], len[MODEL_SHARDS];
+  int next, n;
+};
+
+static void run_ring(enum rseq_mode mode, enum rseq_index index, const struct op *ops, size_t n,
+                     struct ops_trace *t, struct ops_result *r) {
+  struct ring_options o = {mode, index, 0, UINTPTR_MAX - 20};  // positions wrap early
+  struct ring *ring = ring_create(RING_CAP, &o);
+  if (!ring) {
+    fail(r, 0, "ring_create(%s, %s): errno %d", rseq_mode_name(mode), rseq_index_name(index), errno);
+    return;
+  }
+  static struct ring_model m;
+  memset(&m, 0, sizeof m);
+  m.n = ring_shards(ring) < MODEL_SHARDS ? ring_shards(ring) : MODEL_SHARDS;
+  int cpu = 0;
+  rseq_fake_cpu_set(0);
+  uintptr_t value = 1;
+  for (size_t i = 0; i < n && !r->failed; i++) {
+    const struct op *op = &ops[i];
+    int kind = op->kind % R_N;
+    uint64_t obs = (uint64_t)kind << 56;
+    int count = kind == R_OFFER || kind == R_POLL ? 1 : (int)(op->a % 12);
+    if (kind == R_CPU) {
+      cpu = op->cpu % m.n;
+      rseq_fake_cpu_set(cpu);
+      obs |= (uint64_t)cpu;
+    } else if (kind == R_OFFER || kind == R_OFFER_BATCH) {
+      void *items[12];
+      for (int k = 0; k < count; k++) items[k] = (void *)(value + (uintptr_t)k);
+      size_t done = count == 1 && kind == R_OFFER ? (ring_offer(ring, items[0]) == RING_OK)
+                                                  : ring_offer_batch(ring, items, (size_t)count);
+      int want = 0;
+      while (want < count && m.len[cpu] < RING_CAP) {
+        m.q[cpu][(m.head[cpu] + m.len[cpu]++) % RING_CAP] = value + (uintptr_t)want;
+        want++;
+      }
+      if ((int)done != want) fail(r, i, "offer of %d on shard %d: %zu accepted, model %d", count, cpu, done, want);
+      value += (uintptr_t)count;
+      obs |= done;
+    } else {
+      void *items[12];
+      long got;
+      if (kind == R_POLL) {
+        got = ring_poll(ring, &items[0]) == RING_OK;
+      } else {
+        got = ring_poll_batch(ring, items, (size_t)count);
+      }
+      // The model: one item per shard per turn for single polls; the batch contract
+      // (at most max/shards + 1 per visit) for batches.
+      size_t chunk = kind == R_POLL ? 1 : (size_t)count / (size_t)m.n + 1;
+      int max = kind == R_POLL ? 1 : count, idle = 0, c = m.next, want = 0;
+      uintptr_t expect[12];
+      while (want < max && idle < m.n) {
+        int took = 0;
+        while ((size_t)took < chunk && want < max && m.len[c]) {
+          expect[want++] = m.q[c][m.head[c]];
+          m.head[c] = (m.head[c] + 1) % RING_CAP;
+          m.len[c]--;
+          took++;
+        }
+        idle = took ? 0 : idle + 1;
+        c = (c + 1) % m.n;
+        if (kind == R_POLL && took) break;
+      }
+      m.next = c;
+      if (got != want) {
+        fail(r, i, "poll of %d: ring gave %ld, model %d", max, got, want);
+        break;
+      }
+      for (long k = 0; k < got; k++) {
+        if ((uintptr_t)items[k] != expect[k]) {
+          fail(r, i, "poll item %ld: ring %lu, model %lu", k, (unsigned long)(uintptr_t)items[k], (unsigned long)expect[k]);
+          break;
+        }
+        emit(t, (uintptr_t)items[k]);
+      }
+      obs |= (uint64_t)got;
+    }
+    emit(t, obs);
+  }
+  if (!r->failed) {
+    for (int c = 0; c < m.n; c++) {
+      struct ring_cpu_stats st;
+      ring_cpu_stats(ring, c, &st);
+      emit(t, st.offered);
+      emit(t, st.polled);
+      emit(t, st.full);
+      if (st.offered - st.polled != (uint64_t)m.len[c])
+        fail(r, n, "shard %d: %lu offered, %lu polled, model holds %d", c, (unsigned long)st.offered,
+             (unsigned long)st.polled, m.len[c]);
+    }
+  }
+  ring_destroy(ring);
+}
+
+// ---------------------------------------------------------------------------------
+// Primitive streams: per-CPU words, lists and logs against a model.
+
+#define PRIM_NODES 32
+
+struct prim_node {
+  long id;
+  intptr_t next;
+};
+
+static void run_prim(enum rseq_mode mode, enum rseq_index index, const struct op *ops, size_t n,
+                     struct ops_trace *t, struct ops_result *r) {
+  struct rseq_percpu_mode m;
+  const char *why;
+  if (rseq_resolve_mode(mode, index, &m, &why) != 0) {
+    fail(r, 0, "mode %s index %s: %s", rseq_mode_name(mode), rseq_index_name(index), why);
+    return;
+  }
+  int ncpus = ncpus_for(index);
+  if (ncpus > 64) ncpus = 64;
+  intptr_t words[64] = {0}, model_words[64] = {0};
+  struct rseq_list *lists = aligned_alloc(16, sizeof *lists * 64);
+  memset(lists, 0, sizeof *lists * 64);
+  static struct prim_node nodes[PRIM_NODES];
+  int model_list[64][PRIM_NODES], model_len[64] = {0};
+  int held[PRIM_NODES], nheld = 0;
+  for (int k = 0; k < PRIM_NODES; k++) {
+    nodes[k].id = k;
+    held[nheld++] = k;
+  }
+  _Alignas(8) unsigned char buf[64][24];
+  unsigned char model_buf[64][24];
+  memset(buf, 0, sizeof buf);
+  memset(model_buf, 0, sizeof model_buf);
+  int cpu = 0;
+  rseq_fake_cpu_set(0);
+  const long off = (long)offsetof(struct prim_node, next);
+  for (size_t i = 0; i < n && !r->failed; i++) {
+    const struct op *op = &ops[i];
+    int kind = op->kind % P_N;
+    uint64_t obs = (uint64_t)kind << 56;
+    int res = RSEQ_COMMIT;
+    switch (kind) {
+      case P_ADD:
+        res = rseq_percpu_addv(&m, &words[cpu], (intptr_t)(int32_t)op->a, cpu);
+        model_words[cpu] += (intptr_t)(int32_t)op->a;
+        break;
+      case P_CMPEQ: {
+        intptr_t expect = (op->b & 1) ? words[cpu] : (intptr_t)op->b;
+        res = rseq_percpu_cmpeqv_storev(&m, &words[cpu], expect, (intptr_t)op->a, cpu);
+        if (model_words[cpu] == expect) model_words[cpu] = (intptr_t)op->a;
+        else if (res != RSEQ_CMPFAIL) fail(r, i, "cmpeqv_storev committed on a mismatch");
+        break;
+      }
+      case P_TRYSTORE:
+      case P_MEMCPY: {
+        // A per-CPU "log" of one slot: v counts writes, the slot holds the last one.
+        intptr_t expect = (op->b & 1) ? words[cpu] : (intptr_t)op->b;
+        unsigned char src[24];
+        for (int k = 0; k < 24; k++) src[k] = (unsigned char)(op->a + (uint32_t)k);
+        size_t len = kind == P_MEMCPY ? op->a % 25 : sizeof(intptr_t);
+        if (kind == P_TRYSTORE) {
+          res = m.mode == RSEQ_MODE_CAS ? rseq_cas_cmpeqv_trystorev_storev(&words[cpu], expect, (intptr_t *)buf[cpu], (intptr_t)op->a, expect + 1)
+                                        : rseq_cmpeqv_trystorev_storev(m.index, &words[cpu], expect, (intptr_t *)buf[cpu], (intptr_t)op->a, expect + 1, cpu);
+        } else {
+          res = m.mode == RSEQ_MODE_CAS ? rseq_cas_cmpeqv_trymemcpy_storev(&words[cpu], expect, buf[cpu], src, len, expect + 1)
+                                        : rseq_cmpeqv_trymemcpy_storev(m.index, &words[cpu], expect, buf[cpu], src, len, expect + 1, cpu);
+        }
+        if (model_words[cpu] == expect) {
+          model_words[cpu] = expect + 1;
+          if (kind == P_TRYSTORE) memcpy(model_buf[cpu], &(intptr_t){(intptr_t)op->a}, sizeof(intptr_t));
+          else memcpy(model_buf[cpu], src, len);
+        }
+        if (memcmp(buf[cpu], model_buf[cpu], sizeof buf[cpu]) != 0)
+          fail(r, i, "cpu %d: try-store slot differs from the model", cpu);
+        break;
+      }
+      case P_PUSH:
+        if (!nheld) break;
+        {
+          int slot = (int)(op->a % (uint32_t)nheld), k = held[slot];
+          res = rseq_list_push(&m, &lists[cpu], (intptr_t)&nodes[k], off, cpu);
+          if (res == RSEQ_COMMIT) {
+            model_list[cpu][model_len[cpu]++] = k;
+            nheld--;
+            held[slot] = held[nheld];
+          }
+        }
+        break;
+      case P_POP: {
+        intptr_t got = 0;
+        res = rseq_list_pop(&m, &lists[cpu], off, &got, cpu);
+        if (model_len[cpu] == 0) {
+          if (res != RSEQ_CMPFAIL) fail(r, i, "pop from an empty list on cpu %d committed", cpu);
+        } else {
+          int k = model_list[cpu][--model_len[cpu]];
+          if (res != RSEQ_COMMIT || got != (intptr_t)&nodes[k])
+            fail(r, i, "pop on cpu %d: %s, node %ld; model node %d", cpu, rseq_result_name(res),
+                 res == RSEQ_COMMIT ? ((struct prim_node *)got)->id : -1L, k);
+          held[nheld++] = k;
+          obs |= (uint64_t)k << 8;
+        }
+        break;
+      }
+      case P_CPU:
+        cpu = op->cpu % ncpus;
+        rseq_fake_cpu_set(cpu);
+        obs |= (uint64_t)cpu;
+        break;
+    }
+    if (res == RSEQ_ABORT) fail(r, i, "%s aborted on a fake CPU", prim_kinds[kind]);
+    if (words[cpu] != model_words[cpu])
+      fail(r, i, "%s: cpu %d word %ld, model %ld", prim_kinds[kind], cpu, (long)words[cpu], (long)model_words[cpu]);
+    obs |= (uint64_t)res << 48;
+    emit(t, obs);
+    emit(t, (uint64_t)words[cpu]);
+  }
+  free(lists);
+}
+
+void ops_run(enum ops_family f, enum rseq_mode mode, enum rseq_index index, const struct op *ops,
+             size_t n, struct ops_trace *trace, struct ops_result *result) {
+  memset(result, 0, sizeof *result);
+  switch (f) {
+    case FAMILY_ALLOC:
+      run_alloc(mode, index, ops, n, trace, result);
+      break;
+    case FAMILY_RING:
+      run_ring(mode, index, ops, n, trace, result);
+      break;
+    default:
+      run_prim(mode, index, ops, n, trace, result);
+  }
+}
