@@ -94,7 +94,11 @@ void ccache_free(struct ccache_heap *heap, void *ptr) {
 // one block for the caller, the rest into the cache.
 static void *refill_slow(struct ccache_heap *heap, unsigned cls) {
   void *batch[128];
-  int n = central_take(heap, cls, batch, (int)heap->batch[cls] + 1);
+  int want = (int)heap->batch[cls] + 1;
+#if CCACHE_SEEDED_BUG == 3  // test-only variant (ci/fuzz-teeth): CAS mode refills differ
+  if (heap->mode.mode == RSEQ_MODE_CAS) want++;
+#endif
+  int n = central_take(heap, cls, batch, want);
   if (n == 0) return NULL;
   atomic_fetch_add_explicit(&heap->refills, 1, memory_order_relaxed);
   int k = 1;
@@ -185,7 +189,11 @@ void *ccache_realloc(struct ccache_heap *heap, void *ptr, size_t size) {
     return ptr;
   void *q = ccache_malloc(heap, size);
   if (!q) return NULL;  // errno ENOMEM; the old block is untouched
-  memcpy(q, ptr, size < usable ? size : usable);
+  size_t copy = size < usable ? size : usable;
+#if CCACHE_SEEDED_BUG == 2  // test-only variant (ci/fuzz-teeth): realloc copies too little
+  if (copy > 2048) copy--;
+#endif
+  memcpy(q, ptr, copy);
   ccache_free(heap, ptr);
   return q;
 }

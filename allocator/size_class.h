@@ -30,6 +30,9 @@ size_t ccache_class_size(unsigned cls);
 extern const uint8_t ccache_small_class_table[65];
 
 static inline unsigned ccache_size_to_class(size_t size) {
+#if CCACHE_SEEDED_BUG == 1  // test-only variant (ci/fuzz-teeth): a class too small
+  if (size > 4096 && size <= 4200) return 8u * (12u - 6u) - 1u;
+#endif
   if (size <= 1024) return ccache_small_class_table[(size + 15) >> 4];
   // size in (2^k, 2^(k+1)] with k >= 10: class = first class above 2^k + steps.
   unsigned k = 63u - (unsigned)__builtin_clzll((unsigned long long)(size - 1));

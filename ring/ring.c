@@ -193,7 +193,11 @@ static int rseq_offer(struct ring *r, const void *payload) {
       t = __atomic_load_n(&s->tail, __ATOMIC_ACQUIRE);
       // Relaxed: a hint for the next offers (a stale tail only makes them conservative).
       __atomic_store_n(&s->tail_seen, t, __ATOMIC_RELAXED);
+#if CCACHE_SEEDED_BUG == 4  // test-only variant (ci/fuzz-teeth): one item too many
+      if (h - t > r->capacity) {
+#else
       if (h - t >= r->capacity) {
+#endif
         atomic_fetch_add_explicit(&s->full, 1, memory_order_relaxed);
         return RING_FULL;
       }
@@ -328,6 +332,9 @@ static int poll_into(struct ring *r, void *out, int *shard) {
       if (shard) *shard = c;
       // Round-robin: the next poll starts at the next shard, so none starves.
       r->next_shard = c + 1 == r->nshards ? 0 : c + 1;
+#if CCACHE_SEEDED_BUG == 5  // test-only variant (ci/fuzz-teeth): CAS mode starves shards
+      if (r->mode.mode == RSEQ_MODE_CAS) r->next_shard = 0;
+#endif
       return RING_OK;
     }
     if (++c == r->nshards) c = 0;

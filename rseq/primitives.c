@@ -662,6 +662,9 @@ uint64_t rseq_cas_stack_count(const rseq_u128_t *top) {
 // CAS-mode twins.
 
 int rseq_cas_addv(intptr_t *v, intptr_t count) {
+#if CCACHE_SEEDED_BUG == 6  // test-only variant (ci/fuzz-teeth): a wrong sum
+  if (count == 0x7f) count++;
+#endif
   // Relaxed: a per-CPU sum publishes no other data; only its total matters.
   __atomic_fetch_add(v, count, __ATOMIC_RELAXED);
   return RSEQ_COMMIT;

@@ -1,0 +1,41 @@
+// fuzz_target.h: what every fuzz target here shares: the fake-CPU setup and the
+// failure report (a failing model check aborts, so libFuzzer saves the input).
+#ifndef CCACHE_FUZZ_FUZZ_TARGET_H_
+#define CCACHE_FUZZ_FUZZ_TARGET_H_
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "fuzz/ops.h"
+#include "rseq/rseq.h"
+
+#define FUZZ_MAX_OPS 400
+
+// Run in fake-CPU mode: deterministic, every CPU's path reachable from one thread.
+static inline void fuzz_enter_fake_cpus(void) {
+  if (!rseq_available()) {
+    fprintf(stderr, "fuzz target: rseq unavailable (%s); fake CPUs need it\n",
+            rseq_unavailable_reason());
+    abort();
+  }
+  if (rseq_fake_cpu_enter() != 0) {
+    perror("rseq_fake_cpu_enter");
+    abort();
+  }
+}
+
+__attribute__((noreturn)) static inline void fuzz_report(const char *target, enum ops_family f,
+                                                          const struct op *ops, size_t n,
+                                                          const char *what) {
+  fprintf(stderr, "\n%s: %s\nops (%zu):\n", target, what, n);
+  ops_print(f, ops, n, stderr);
+  abort();
+}
+
+// Byte 0 of an input picks the index (and, for single-mode targets, the mode).
+static inline enum rseq_index fuzz_pick_index(uint8_t b) {
+  return (b & 1) && rseq_mm_cid_available() ? RSEQ_INDEX_MM_CID : RSEQ_INDEX_CPU_ID;
+}
+
+#endif  // CCACHE_FUZZ_FUZZ_TARGET_H_
