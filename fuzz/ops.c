@@ -2,6 +2,7 @@
 #include "fuzz/ops.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -124,14 +125,29 @@ struct block {
   uint8_t seed;
 };
 
+// Written where pattern_mismatch looks: the first and last 4 KiB (all of a small block).
 static void pattern(unsigned char *p, size_t n, uint8_t seed) {
-  for (size_t i = 0; i < n; i++) p[i] = (unsigned char)(seed + i * 13);
+  for (size_t i = 0; i < n; i++) {
+    if (i == 4096 && n > 8192) i = n - 4096;
+    p[i] = (unsigned char)(seed + i * 13);
+  }
+}
+
+// The first and last 4 KiB of a block (all of it when smaller): enough to catch a lost
+// or shifted byte at either end, and cheap for the fuzzers' large blocks. The middle of
+// a large block is neither written nor checked.
+// `written` is the size the pattern was written for; only bytes below `upto` count
+// (a realloc keeps a prefix).
+static long pattern_mismatch_upto(const unsigned char *p, size_t written, size_t upto, uint8_t seed) {
+  for (size_t i = 0; i < written && i < upto; i++) {
+    if (i == 4096 && written > 8192) i = written - 4096;
+    if (i < upto && p[i] != (unsigned char)(seed + i * 13)) return (long)i;
+  }
+  return -1;
 }
 
 static long pattern_mismatch(const unsigned char *p, size_t n, uint8_t seed) {
-  for (size_t i = 0; i < n; i++)
-    if (p[i] != (unsigned char)(seed + i * 13)) return (long)i;
-  return -1;
+  return pattern_mismatch_upto(p, n, n, seed);
 }
 
 // Request sizes: mostly small, some medium, a few large (> 256 KiB).
@@ -178,13 +194,19 @@ static void emit_stats(struct ccache_heap *h, struct ops_trace *t) {
 
 static void run_alloc(enum rseq_mode mode, enum rseq_index index, const struct op *ops, size_t n,
                       struct ops_trace *t, struct ops_result *r) {
-  struct ccache_options o = {.mode = mode, .index = index, .reserve_bytes = (size_t)1 << 31};
+  // A small reservation: a fresh heap per stream must be cheap to map and unmap (under
+  // ASan, unmapping clears the shadow of the whole range). Exhausting it is an ENOMEM,
+  // observable and identical in both modes.
+  struct ccache_options o = {.mode = mode, .index = index, .reserve_bytes = (size_t)48 << 20};
   struct ccache_heap *h = ccache_heap_create(&o);
   if (!h) {
     fail(r, 0, "ccache_heap_create(%s, %s): errno %d", rseq_mode_name(mode), rseq_index_name(index), errno);
     return;
   }
   int ncpus = ncpus_for(index);
+  // OPS_VERBOSE=1 prints every operation and its observable result (for reproducers).
+  const char *env = getenv("OPS_VERBOSE");
+  bool verbose = env && *env == '1';
   struct block live[MAX_LIVE];
   int nlive = 0;
   rseq_fake_cpu_set(0);
@@ -237,7 +259,7 @@ static void run_alloc(enum rseq_mode mode, enum rseq_index index, const struct o
           break;
         }
         size_t keep = size < b->size ? size : b->size;
-        long bad = pattern_mismatch(q, keep, b->seed);
+        long bad = pattern_mismatch_upto(q, b->size, keep, b->seed);
         if (bad >= 0) {
           fail(r, i, "realloc(%zu -> %zu) lost byte %ld", b->size, size, bad);
           break;
@@ -286,13 +308,16 @@ static void run_alloc(enum rseq_mode mode, enum rseq_index index, const struct o
         break;
     }
     emit(t, obs);
+    if (verbose) fprintf(stderr, "op %zu %s a=%u b=%u -> %#lx (live %d)\n", i, alloc_kinds[kind], op->a, op->b, (unsigned long)obs, nlive);
     if (i % 64 == 63) emit_stats(h, t);
   }
   if (!r->failed) {
     emit_stats(h, t);
     if (ccache_check_heap(h) != 0) fail(r, n, "heap invariants broken (see stderr)");
   }
-  for (int k = 0; k < nlive; k++) ccache_free(h, live[k].p);
+  // After a model failure the shadow set may be stale: leave the blocks to the heap's
+  // destruction rather than free a pointer the model got wrong.
+  for (int k = 0; k < nlive && !r->failed; k++) ccache_free(h, live[k].p);
   if (!r->failed) {
     struct ccache_stats st;
     ccache_get_stats(h, &st);

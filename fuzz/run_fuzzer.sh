@@ -18,4 +18,4 @@ if [ -f "$here/fuzz/$name.options" ]; then
   [ -n "$max_len" ] && extra+=("-max_len=$max_len")
 fi
 echo "fuzzing $name into $corpus"
-exec "$bin" "${extra[@]}" "$@" "$corpus"
+exec "$bin" -artifact_prefix="${BUILD_WORKING_DIRECTORY:-.}/" "${extra[@]}" "$@" "$corpus"
