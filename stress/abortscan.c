@@ -1,0 +1,344 @@
+// abortscan: force an abort at every instruction of every critical section of a
+// binary, one run per instruction, and verify the outcome.
+//
+//   abortscan --workload BIN [--index cpu|cid] [--json FILE] [--section NAME] [--expect-broken]
+//
+// The sections come from the binary's registry (rseq_registry / __rseq_cs, printed by
+// the workload with --list, as offsets from its load base, so PIE works). Instruction
+// boundaries in [start_ip, post_commit_ip) come from capstone, reading the code from
+// the ELF file. For each instruction, and for post_commit_ip itself:
+//   - the workload runs under ptrace; a breakpoint at that address stops the first
+//     thread that reaches it (any thread: clones are traced too); the original byte is
+//     restored and the thread resumed. A ptrace stop inside a critical section makes
+//     the kernel abort it when the thread returns to user space;
+//   - checks: inside the section, the section's abort counter moved (aborted?); its
+//     commit count equals the undisturbed baseline's (the retry committed exactly
+//     once); the workload's own invariants hold (exit 0). At post_commit_ip: no extra
+//     abort, same commits, invariants hold.
+// Report: a table (section, offset, instruction) -> aborted?, retry committed?,
+// invariants ok?, and the same as JSON. Exit 1 on any failure (or, with
+// --expect-broken, 0 only when every section has at least one failing instruction:
+// the self-test on deliberately broken sections).
+#include <capstone/capstone.h>
+#include <elf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/ptrace.h>
+#include <sys/stat.h>
+#include <sys/user.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+struct section {
+  char name[64];
+  uint64_t start, len, abort_off;
+  long base_committed, base_aborted;
+};
+
+static struct section sections[64];
+static int nsections;
+static const char *workload;
+static const char *index_name = "cpu";
+
+// Runs the workload; if bp_off != 0 forces one stop at that offset. Fills the output
+// buffer with its stdout. Returns the wait status; *hit tells whether the breakpoint
+// was reached.
+// Where the forced stop led: 1 the thread went to the abort handler's target, 0 it
+// went on normally, -1 unknown. `abort_target_off` is where the handler jumps.
+static int landed_in_abort;
+static uint64_t abort_target_off;
+
+static int run_workload(uint64_t bp_off, bool *hit, char *out, size_t out_size, bool list) {
+  int fds[2];
+  if (pipe(fds) != 0) return -1;
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(fds[1], 1);
+    close(fds[0]);
+    close(fds[1]);
+    ptrace(PTRACE_TRACEME, 0, 0, 0);
+    execl(workload, workload, "--index", index_name, list ? "--list" : NULL, (char *)NULL);
+    _exit(127);
+  }
+  close(fds[1]);
+  int status;
+  waitpid(pid, &status, 0);  // the exec stop
+  ptrace(PTRACE_SETOPTIONS, pid, 0, PTRACE_O_TRACECLONE | PTRACE_O_EXITKILL);
+  uint64_t addr = 0;
+  long orig = 0;
+  if (bp_off) {
+    // The load base: the first mapping of the workload's file.
+    char maps[64], line[512], real[4096];
+    snprintf(maps, sizeof maps, "/proc/%d/maps", pid);
+    if (!realpath(workload, real)) snprintf(real, sizeof real, "%s", workload);
+    FILE *m = fopen(maps, "r");
+    uint64_t base = 0;
+    while (m && fgets(line, sizeof line, m)) {
+      unsigned long lo, off;
+      char path[4096] = "";
+      if (sscanf(line, "%lx-%*lx %*s %lx %*s %*s %4095s", &lo, &off, path) >= 2 && off == 0 &&
+          strcmp(path, real) == 0) {
+        base = lo;
+        break;
+      }
+    }
+    if (m) fclose(m);
+    addr = base + bp_off;
+    errno = 0;
+    orig = ptrace(PTRACE_PEEKTEXT, pid, addr, 0);
+    if (errno || !base) {
+      fprintf(stderr, "abortscan: cannot read the workload at %#lx (base %#lx)\n", (unsigned long)addr, (unsigned long)base);
+      kill(pid, SIGKILL);
+    } else {
+      ptrace(PTRACE_POKETEXT, pid, addr, (orig & ~0xffL) | 0xcc);
+    }
+  }
+  *hit = false;
+  ptrace(PTRACE_CONT, pid, 0, 0);
+  int result = -1;
+  size_t len = 0;
+  for (;;) {
+    pid_t t = waitpid(-1, &status, __WALL);
+    if (t < 0) break;
+    if (WIFEXITED(status) || WIFSIGNALED(status)) {
+      if (t == pid) result = status;
+      continue;
+    }
+    if (!WIFSTOPPED(status)) continue;
+    int sig = WSTOPSIG(status);
+    if (sig == SIGTRAP && (status >> 16) == PTRACE_EVENT_CLONE) {
+      ptrace(PTRACE_CONT, t, 0, 0);
+      continue;
+    }
+    if (sig == SIGTRAP && bp_off && !*hit) {
+      struct user_regs_struct regs;
+      ptrace(PTRACE_GETREGS, t, 0, &regs);
+      if (regs.rip - 1 == addr) {
+        // Stopped at the instruction: put it back and resume. The stop itself is what
+        // makes the kernel abort the section on the way back to user space. One single
+        // step shows where the thread went: an aborted section runs the abort
+        // handler's jump, so the step ends at its target.
+        ptrace(PTRACE_POKETEXT, t, addr, orig);
+        regs.rip = addr;
+        ptrace(PTRACE_SETREGS, t, 0, &regs);
+        *hit = true;
+        ptrace(PTRACE_SINGLESTEP, t, 0, 0);
+        int st2;
+        waitpid(t, &st2, __WALL);
+        landed_in_abort = -1;
+        if (WIFSTOPPED(st2)) {
+          ptrace(PTRACE_GETREGS, t, 0, &regs);
+          landed_in_abort = regs.rip == addr - bp_off + abort_target_off;
+        }
+        ptrace(PTRACE_CONT, t, 0, 0);
+        continue;
+      }
+    }
+    // New threads start with SIGSTOP; other signals go to the workload.
+    ptrace(PTRACE_CONT, t, 0, (sig == SIGSTOP || sig == SIGTRAP) ? 0 : sig);
+  }
+  for (;;) {
+    ssize_t n = read(fds[0], out + len, out_size - 1 - len);
+    if (n <= 0) break;
+    len += (size_t)n;
+    if (len >= out_size - 1) break;
+  }
+  out[len] = 0;
+  close(fds[0]);
+  return result;
+}
+
+// Section counters from the workload's "REGISTRY" JSON.
+static bool counters_of(const char *out, const char *name, long *committed, long *aborted) {
+  char key[96];
+  snprintf(key, sizeof key, "{\"name\": \"%s\"", name);
+  const char *p = strstr(out, key);
+  if (!p) return false;
+  const char *c = strstr(p, "\"committed\": "), *a = strstr(p, "\"aborted\": ");
+  if (!c || !a) return false;
+  *committed = atol(c + 13);
+  *aborted = atol(a + 11);
+  return true;
+}
+
+static int parse_sections(const char *out) {
+  for (const char *p = strstr(out, "{\"name\": \""); p; p = strstr(p + 1, "{\"name\": \"")) {
+    struct section *s = &sections[nsections];
+    if (sscanf(p, "{\"name\": \"%63[^\"]\"", s->name) != 1) continue;
+    const char *st = strstr(p, "\"start_offset\": \""), *pc = strstr(p, "\"post_commit_offset\": "),
+               *ab = strstr(p, "\"abort_offset\": \"");
+    if (!st || !pc || !ab) continue;
+    s->start = strtoull(st + 17, NULL, 16);
+    s->len = strtoull(pc + 22, NULL, 10);
+    s->abort_off = strtoull(ab + 17, NULL, 16);
+    if (++nsections == 64) break;
+  }
+  return nsections;
+}
+
+// The bytes of [vaddr, vaddr + n) from the ELF file (through its PT_LOAD segments).
+static int read_code(const char *file, uint64_t vaddr, uint8_t *buf, size_t n) {
+  int fd = open(file, O_RDONLY);
+  if (fd < 0) return -1;
+  struct stat st;
+  fstat(fd, &st);
+  const uint8_t *f = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+  close(fd);
+  if (f == MAP_FAILED) return -1;
+  const Elf64_Ehdr *eh = (const Elf64_Ehdr *)f;
+  const Elf64_Phdr *ph = (const Elf64_Phdr *)(f + eh->e_phoff);
+  int rc = -1;
+  for (int i = 0; i < eh->e_phnum; i++) {
+    if (ph[i].p_type == PT_LOAD && vaddr >= ph[i].p_vaddr && vaddr + n <= ph[i].p_vaddr + ph[i].p_filesz) {
+      memcpy(buf, f + ph[i].p_offset + (vaddr - ph[i].p_vaddr), n);
+      rc = 0;
+      break;
+    }
+  }
+  munmap((void *)f, (size_t)st.st_size);
+  return rc;
+}
+
+int main(int argc, char **argv) {
+  const char *json_path = NULL, *only = NULL;
+  bool expect_broken = false;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--workload") && i + 1 < argc) workload = argv[++i];
+    else if (!strcmp(argv[i], "--index") && i + 1 < argc) index_name = argv[++i];
+    else if (!strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
+    else if (!strcmp(argv[i], "--section") && i + 1 < argc) only = argv[++i];
+    else if (!strcmp(argv[i], "--expect-broken")) expect_broken = true;
+    else {
+      fprintf(stderr, "usage: %s --workload BIN [--index cpu|cid] [--json FILE] [--section NAME] [--expect-broken]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (!workload) {
+    fprintf(stderr, "abortscan: --workload is required\n");
+    return 2;
+  }
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  static char out[1 << 20];
+  bool hit;
+  int status = run_workload(0, &hit, out, sizeof out, false);
+  if (strstr(out, "SKIPPED")) {
+    printf("%s", out);
+    return 0;
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || !strstr(out, "INVARIANTS OK")) {
+    if (!expect_broken) {
+      printf("abortscan: the undisturbed workload fails (status %#x):\n%s\n", status, out);
+      return 1;
+    }
+  }
+  if (parse_sections(out) == 0) {
+    printf("abortscan: no critical sections in the registry of %s\n", workload);
+    return 1;
+  }
+  for (int s = 0; s < nsections; s++)
+    counters_of(out, sections[s].name, &sections[s].base_committed, &sections[s].base_aborted);
+
+  csh cs;
+  if (cs_open(CS_ARCH_X86, CS_MODE_64, &cs) != CS_ERR_OK) {
+    printf("abortscan: capstone failed to open\n");
+    return 1;
+  }
+  FILE *js = json_path ? fopen(json_path, "w") : NULL;
+  if (js) fprintf(js, "{\"workload\": \"%s\", \"index\": \"%s\", \"results\": [", workload, index_name);
+  printf("| section | offset | instruction | aborted? | retry committed once? | invariants ok? | verdict |\n");
+  printf("|---|---|---|---|---|---|---|\n");
+  int total = 0, bad = 0, first_json = 1;
+  int broken_flagged[64] = {0};
+  for (int s = 0; s < nsections; s++) {
+    struct section *sec = &sections[s];
+    if (only && strcmp(only, sec->name)) continue;
+    if (sec->base_committed == 0) {
+      printf("| %s | - | - | - | - | - | NOT EXERCISED by the workload |\n", sec->name);
+      bad++;
+      continue;
+    }
+    uint8_t code[4096];
+    size_t n = sec->len + 16 < sizeof code ? sec->len + 16 : sizeof code;
+    if (read_code(workload, sec->start, code, n) != 0) {
+      printf("| %s | - | - | - | - | - | cannot read its code |\n", sec->name);
+      bad++;
+      continue;
+    }
+    // The abort handler is one jump (to the C code that counts the abort and retries).
+    uint8_t handler[16];
+    cs_insn *jmp;
+    abort_target_off = 0;
+    if (read_code(workload, sec->abort_off, handler, sizeof handler) == 0 &&
+        cs_disasm(cs, handler, sizeof handler, sec->abort_off, 1, &jmp) == 1) {
+      if (!strcmp(jmp->mnemonic, "jmp")) abort_target_off = strtoull(jmp->op_str, NULL, 16);
+      cs_free(jmp, 1);
+    }
+    if (!abort_target_off) {
+      printf("| %s | - | - | - | - | - | its abort handler is not a jump |\n", sec->name);
+      bad++;
+      continue;
+    }
+    cs_insn *insn;
+    size_t count = cs_disasm(cs, code, n, sec->start, 0, &insn);
+    for (size_t k = 0; k < count && insn[k].address <= sec->start + sec->len; k++) {
+      uint64_t off = insn[k].address;
+      bool inside = off < sec->start + sec->len;
+      bool is_commit = inside && k + 1 < count && insn[k + 1].address == sec->start + sec->len;
+      landed_in_abort = -1;
+      status = run_workload(off, &hit, out, sizeof out, false);
+      long committed = -1, aborted = -1;
+      bool counted = counters_of(out, sec->name, &committed, &aborted);
+      bool inv = WIFEXITED(status) && WEXITSTATUS(status) == 0 && strstr(out, "INVARIANTS OK");
+      // Precise: where the single step after the stop landed. (The abort counter also
+      // counts aborts from ordinary preemption elsewhere in the run.)
+      bool did_abort = landed_in_abort == 1 && counted && aborted > sec->base_aborted;
+      bool once = counted && committed == sec->base_committed;
+      bool ok = hit && inv && once && (inside ? did_abort : !did_abort);
+      const char *where = !inside ? " (post-commit)" : is_commit ? " (commit)" : "";
+      char text[96];
+      snprintf(text, sizeof text, "%s %s%s", insn[k].mnemonic, insn[k].op_str, where);
+      printf("| %s | +%lu | `%s` | %s | %s | %s | %s |\n", sec->name, (unsigned long)(off - sec->start), text,
+             !hit ? "not reached" : did_abort ? "yes" : "no", once ? "yes" : "NO", inv ? "yes" : "NO",
+             ok ? "ok" : "FAIL");
+      if (js)
+        fprintf(js,
+                "%s\n {\"section\": \"%s\", \"offset\": %lu, \"instruction\": \"%s\", \"reached\": %s, "
+                "\"aborted\": %s, \"committed_once\": %s, \"invariants_ok\": %s, \"ok\": %s}",
+                first_json ? "" : ",", sec->name, (unsigned long)(off - sec->start), text,
+                hit ? "true" : "false", did_abort ? "true" : "false", once ? "true" : "false",
+                inv ? "true" : "false", ok ? "true" : "false");
+      first_json = 0;
+      total++;
+      if (!ok) {
+        bad++;
+        broken_flagged[s] = 1;
+      }
+    }
+    cs_free(insn, count);
+  }
+  if (js) {
+    fprintf(js, "\n]}\n");
+    fclose(js);
+  }
+  cs_close(&cs);
+  printf("\nabortscan: %d forced aborts over %d sections (index %s): %d failed\n", total, nsections,
+         index_name, bad);
+  if (expect_broken) {
+    int unflagged = 0;
+    for (int s = 0; s < nsections; s++)
+      if ((!only || !strcmp(only, sections[s].name)) && !broken_flagged[s]) {
+        printf("self-test: broken section %s was NOT flagged\n", sections[s].name);
+        unflagged++;
+      }
+    printf("self-test: %s\n", unflagged ? "FAILED" : "every broken section was flagged");
+    return unflagged ? 1 : 0;
+  }
+  return bad ? 1 : 0;
+}
