@@ -1,0 +1,107 @@
+// rseq_asm.h: the x86-64 asm building blocks of every critical section (internal to
+// rseq/: primitives.c, and the deliberately broken sections of the abortscan
+// self-test). See primitives.c for the discipline they implement.
+#ifndef CCACHE_RSEQ_RSEQ_ASM_H_
+#define CCACHE_RSEQ_RSEQ_ASM_H_
+
+#include <stdint.h>
+
+#include "rseq/rseq.h"
+#include "rseq/rseq_internal.h"
+#include "sanitizers/sanitizers.h"
+
+#define RSEQ_STR_(x) #x
+#define RSEQ_STR(x) RSEQ_STR_(x)
+
+// Labels inside each asm statement: 1 start_ip, 2 post_commit_ip, 3 descriptor,
+// 4 abort_ip, 5 name string; 6n/7n injection point n; 8x memcpy loops.
+
+// The descriptor, its pointer, the registry entry and the section's name.
+#define RSEQ_ASM_DEFINE_TABLE(name)                                   \
+  ".pushsection __rseq_cs, \"aw\"\n\t"                                \
+  ".balign 32\n\t"                                                    \
+  "3:\n\t"                                                            \
+  ".long 0, 0\n\t"                                                    \
+  ".quad 1f, (2f - 1f), 4f\n\t"                                       \
+  ".popsection\n\t"                                                   \
+  ".pushsection __rseq_cs_ptr_array, \"aw\"\n\t"                      \
+  ".balign 8\n\t"                                                     \
+  ".quad 3b\n\t"                                                      \
+  ".popsection\n\t"                                                   \
+  ".pushsection rseq_registry, \"aw\"\n\t"                            \
+  ".balign 8\n\t"                                                     \
+  ".quad 3b, 5f, %c[id]\n\t"                                          \
+  ".popsection\n\t"                                                   \
+  ".pushsection .rodata.rseq_names, \"a\"\n\t"                        \
+  "5: .asciz \"" name "\"\n\t"                                        \
+  ".popsection\n\t"
+
+// A jump out of the section other than the abort (debuggers and abortscan read these).
+// `start` is "1f" before the start label and "1b" after it.
+#define RSEQ_ASM_DEFINE_EXIT_POINT(start, exit_label)  \
+  ".pushsection __rseq_exit_point_array, \"aw\"\n\t"   \
+  ".balign 8\n\t"                                      \
+  ".quad " start ", %l[" #exit_label "]\n\t"           \
+  ".popsection\n\t"
+
+// Arm the section (rseq_cs = &descriptor; before start_ip, so not part of it), then
+// start it with the CPU comparison.
+#define RSEQ_ASM_START                        \
+  "leaq 3b(%%rip), %%rax\n\t"                 \
+  "movq %%rax, 8(%[area])\n\t"                \
+  "1:\n\t"                                    \
+  "cmpl %[cpu], (%[idx])\n\t"                 \
+  "jnz 4f\n\t"
+
+// The abort handler: the signature word right before abort_ip, then a jump to C.
+#define RSEQ_ASM_DEFINE_ABORT                 \
+  ".pushsection __rseq_failure, \"ax\"\n\t"   \
+  ".byte 0x0f, 0xb9, 0x3d\n\t"                \
+  ".long 0x53053053\n\t"                      \
+  "4:\n\t"                                    \
+  "jmp %l[abort]\n\t"                         \
+  ".popsection\n\t"
+
+#ifdef RSEQ_INJECT
+// A register-only busy loop whose count is read from rseq_inject_loops[n] (a load,
+// which is harmless to repeat). r10 is clobbered only in this variant.
+#define RSEQ_INJECT_ASM(n)                                  \
+  "movl rseq_inject_loops+4*" #n "(%%rip), %%r10d\n\t"      \
+  "testl %%r10d, %%r10d\n\t"                                \
+  "jz 7" #n "f\n\t"                                         \
+  "6" #n ":\n\t"                                            \
+  "decl %%r10d\n\t"                                         \
+  "jnz 6" #n "b\n\t"                                        \
+  "7" #n ":\n\t"
+#define RSEQ_INJECT_CLOBBER , "r10"
+#else
+#define RSEQ_INJECT_ASM(n) ""
+#define RSEQ_INJECT_CLOBBER
+#endif
+
+#ifdef RSEQ_COMPARE_TWICE
+// Right before the commit: if the CPU or the compared value changed, the kernel failed
+// to abort the section. Jump out (an exit point) to C, which reports and aborts.
+#define RSEQ_ASM_CMP_CPU_TWICE            \
+  RSEQ_ASM_DEFINE_EXIT_POINT("1b", error_cpu)   \
+  "cmpl %[cpu], (%[idx])\n\t"             \
+  "jnz %l[error_cpu]\n\t"
+#define RSEQ_ASM_CMP_VALUE_TWICE                \
+  RSEQ_ASM_DEFINE_EXIT_POINT("1b", error_value)       \
+  "cmpq (%[v]), %[expect]\n\t"                  \
+  "jnz %l[error_value]\n\t"
+#else
+#define RSEQ_ASM_CMP_CPU_TWICE ""
+#define RSEQ_ASM_CMP_VALUE_TWICE ""
+#endif
+
+#define RSEQ_NOINLINE __attribute__((noinline))
+
+// Before and after every section, in C.
+#if defined(RSEQ_STATS) || defined(RSEQ_INJECT) || defined(RSEQ_COMPARE_TWICE)
+#define RSEQ_COUNTING 1
+#else
+#define RSEQ_COUNTING 0
+#endif
+
+#endif  // CCACHE_RSEQ_RSEQ_ASM_H_
