@@ -21,3 +21,10 @@ INCOMPATIBLE_WITH_ANY_SANITIZER = select({
     "//sanitizers:fuzz": ["@platforms//:incompatible"],
     "//conditions:default": [],
 })
+
+# Tools linked with a Debian library that is not MSan-instrumented (capstone): MSan
+# cannot see that library's writes and reports them as uninitialized.
+INCOMPATIBLE_WITH_MSAN = select({
+    "//sanitizers:msan": ["@platforms//:incompatible"],
+    "//conditions:default": [],
+})
