@@ -42,30 +42,10 @@ static double now(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-// One single-threaded comparison: both modes, one index. Returns 0 or 1 (failed), with
-// a description in why.
+// One single-threaded comparison: both modes, one index (fuzz/ops.c). 1 on failure.
 static int compare(enum ops_family f, enum rseq_index index, const struct op *ops, size_t n,
                    char *why, size_t why_size) {
-  struct ops_trace tr = {0}, tc = {0};
-  struct ops_result rr, rc;
-  ops_run(f, RSEQ_MODE_RSEQ, index, ops, n, &tr, &rr);
-  ops_run(f, RSEQ_MODE_CAS, index, ops, n, &tc, &rc);
-  int failed = 1;
-  if (rr.failed)
-    snprintf(why, why_size, "rseq mode: op %zu: %s", rr.failed_op, rr.message);
-  else if (rc.failed)
-    snprintf(why, why_size, "cas mode: op %zu: %s", rc.failed_op, rc.message);
-  else {
-    long d = ops_trace_diff(&tr, &tc);
-    if (d >= 0)
-      snprintf(why, why_size, "traces diverge at value %ld: rseq %#lx, cas %#lx", d,
-               (unsigned long)(d < (long)tr.n ? tr.v[d] : 0), (unsigned long)(d < (long)tc.n ? tc.v[d] : 0));
-    else
-      failed = 0;
-  }
-  ops_trace_free(&tr);
-  ops_trace_free(&tc);
-  return failed;
+  return ops_compare_modes(f, index, ops, n, why, why_size);
 }
 
 // Shrink a failing stream: drop chunks of ops (halves, quarters, ... single ops) as

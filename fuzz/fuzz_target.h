@@ -13,6 +13,9 @@
 #define FUZZ_MAX_OPS 400
 
 // Run in fake-CPU mode: deterministic, every CPU's path reachable from one thread.
+// (This header is included by exactly one source file of each fuzzer.)
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+
 static inline void fuzz_enter_fake_cpus(void) {
   if (!rseq_available()) {
     fprintf(stderr, "fuzz target: rseq unavailable (%s); fake CPUs need it\n",
@@ -36,6 +39,13 @@ __attribute__((noreturn)) static inline void fuzz_report(const char *target, enu
 // Byte 0 of an input picks the index (and, for single-mode targets, the mode).
 static inline enum rseq_index fuzz_pick_index(uint8_t b) {
   return (b & 1) && rseq_mm_cid_available() ? RSEQ_INDEX_MM_CID : RSEQ_INDEX_CPU_ID;
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv) {
+  (void)argc;
+  (void)argv;
+  fuzz_enter_fake_cpus();
+  return 0;
 }
 
 #endif  // CCACHE_FUZZ_FUZZ_TARGET_H_

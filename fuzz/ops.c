@@ -92,6 +92,31 @@ long ops_trace_diff(const struct ops_trace *a, const struct ops_trace *b) {
   return a->n == b->n ? -1 : (long)n;
 }
 
+int ops_compare_modes(enum ops_family f, enum rseq_index index, const struct op *ops, size_t n,
+                      char *why, size_t why_size) {
+  struct ops_trace tr = {0}, tc = {0};
+  struct ops_result rr, rc;
+  ops_run(f, RSEQ_MODE_RSEQ, index, ops, n, &tr, &rr);
+  ops_run(f, RSEQ_MODE_CAS, index, ops, n, &tc, &rc);
+  int failed = 1;
+  if (rr.failed) {
+    snprintf(why, why_size, "rseq mode, %s index: op %zu: %s", rseq_index_name(index), rr.failed_op, rr.message);
+  } else if (rc.failed) {
+    snprintf(why, why_size, "cas mode, %s index: op %zu: %s", rseq_index_name(index), rc.failed_op, rc.message);
+  } else {
+    long d = ops_trace_diff(&tr, &tc);
+    if (d >= 0)
+      snprintf(why, why_size, "%s index: rseq and cas traces diverge at value %ld (%#lx vs %#lx)",
+               rseq_index_name(index), d, (unsigned long)(d < (long)tr.n ? tr.v[d] : 0),
+               (unsigned long)(d < (long)tc.n ? tc.v[d] : 0));
+    else
+      failed = 0;
+  }
+  ops_trace_free(&tr);
+  ops_trace_free(&tc);
+  return failed;
+}
+
 void ops_print(enum ops_family f, const struct op *ops, size_t n, FILE *out) {
   for (size_t i = 0; i < n; i++)
     fprintf(out, "  %zu: %s %s cpu=%u a=%u b=%u\n", i, ops_family_name(f),

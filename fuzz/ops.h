@@ -53,6 +53,12 @@ struct ops_result {
 void ops_run(enum ops_family f, enum rseq_mode mode, enum rseq_index index, const struct op *ops,
              size_t n, struct ops_trace *trace, struct ops_result *result);
 
+// Runs the stream in RSEQ mode and in CAS mode with `index`: 1 (and why) when either
+// model fails or the observable traces differ, else 0. The differential check and the
+// diff fuzzers share it.
+int ops_compare_modes(enum ops_family f, enum rseq_index index, const struct op *ops, size_t n,
+                      char *why, size_t why_size);
+
 // Index of the first differing trace value, or -1 when equal.
 long ops_trace_diff(const struct ops_trace *a, const struct ops_trace *b);
 

@@ -8,13 +8,6 @@
 #error "define FUZZ_FAMILY"
 #endif
 
-int LLVMFuzzerInitialize(int *argc, char ***argv) {
-  (void)argc;
-  (void)argv;
-  fuzz_enter_fake_cpus();
-  return 0;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < 1) return 0;
   static struct op ops[FUZZ_MAX_OPS];

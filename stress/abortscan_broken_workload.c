@@ -2,12 +2,12 @@
 // //rseq:broken_sections and checks what a correct section would guarantee: every
 // counted entry was written, appended == count. Undisturbed, the checks hold; with an
 // abort at the wrong instruction they fail, which abortscan --expect-broken requires.
-#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "rseq/broken_sections.h"
 #include "rseq/rseq.h"
+#include "stress/pin.h"
 
 typedef int (*append_fn)(struct broken_log *, intptr_t, intptr_t, int);
 
@@ -50,15 +50,7 @@ int main(int argc, char **argv) {
     printf("SKIPPED: rseq unavailable: %s\n", rseq_unavailable_reason());
     return 0;
   }
-  cpu_set_t set;
-  sched_getaffinity(0, sizeof set, &set);
-  for (int c = 0; c < CPU_SETSIZE; c++)
-    if (CPU_ISSET(c, &set)) {
-      CPU_ZERO(&set);
-      CPU_SET(c, &set);
-      sched_setaffinity(0, sizeof set, &set);
-      break;
-    }
+  pin_to_first_allowed_cpu();  // deterministic section counts (see pin.h)
   int bad = run("rseq_broken_commit_early", rseq_broken_commit_early);
   bad |= run("rseq_broken_two_commits", rseq_broken_two_commits);
   bad |= run("rseq_broken_side_effect", rseq_broken_side_effect);

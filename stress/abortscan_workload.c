@@ -6,7 +6,6 @@
 //   abortscan_workload [--index cpu|cid] [--list]
 // Prints the registry (with per-section counters) as one JSON line starting with
 // "REGISTRY ", then "INVARIANTS OK" and exits 0, or "INVARIANT FAILED: ..." and exits 1.
-#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +13,7 @@
 #include "allocator/ccache.h"
 #include "ring/ring.h"
 #include "rseq/rseq.h"
+#include "stress/pin.h"
 
 static enum rseq_index idx = RSEQ_INDEX_CPU_ID;
 static int failures;
@@ -203,18 +203,7 @@ int main(int argc, char **argv) {
     printf("SKIPPED: rseq unavailable: %s\n", rseq_unavailable_reason());
     return 0;
   }
-  // Pinned to one CPU, the run is deterministic: the same sections commit the same
-  // number of times in every run, which is what abortscan compares against.
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof set, &set) == 0) {
-    for (int c = 0; c < CPU_SETSIZE; c++)
-      if (CPU_ISSET(c, &set)) {
-        CPU_ZERO(&set);
-        CPU_SET(c, &set);
-        sched_setaffinity(0, sizeof set, &set);
-        break;
-      }
-  }
+  pin_to_first_allowed_cpu();  // deterministic section counts (see pin.h)
   if (!list) {
     primitives();
     allocator();
