@@ -67,11 +67,17 @@ static inline struct span *claim_freed_block(struct ccache_heap *heap, void *ptr
   uint32_t i = span_index(s, a);
   if (__builtin_expect(i >= s->nobjs || s->start + (uintptr_t)i * s->obj_size != a, 0))
     ccache_report_bad_free(heap, ptr, "invalid free (not the start of a block)");
+#ifdef CCACHE_NO_FREE_CHECKS
+  // Benchmark-only variant (//allocator:libccache_malloc_nocheck.so): the state still
+  // moves, unchecked, so the cost of the double-free check can be measured.
+  __atomic_store_n(&s->state[i], BLOCK_CACHED, __ATOMIC_RELAXED);
+#else
   // Relaxed exchange: atomic, so of two racing frees of one block exactly one sees
   // BLOCK_ALLOCATED; ordering comes from the cache push or the central lock after it.
   uint8_t old = __atomic_exchange_n(&s->state[i], BLOCK_CACHED, __ATOMIC_RELAXED);
   if (__builtin_expect(old != BLOCK_ALLOCATED, 0))
     ccache_report_bad_free(heap, ptr, "double free (or free of a block never handed out)");
+#endif
   return s;
 }
 

@@ -3,7 +3,8 @@
 //   bazel run -c opt //bench:all -- [--quick] [--out DIR] [--reps N] [--callgrind]
 //
 // Allocators: ccache in rseq mode and in CAS mode (libccache_malloc.so), glibc, and
-// Debian's jemalloc, gperftools tcmalloc and mimalloc, each by LD_PRELOAD into the
+// Debian's jemalloc, gperftools tcmalloc and mimalloc, plus ccache in rseq mode without
+// its double-free check (what the check costs), each by LD_PRELOAD into the
 // same benchmark binary (bench/alloc_bench.c). For every repetition, every workload
 // runs once per allocator, interleaved, so machine noise hits all of them alike.
 // Writes DIR/results.md (min, median, max, ratio to glibc, peak RSS), DIR/results.json,
@@ -31,6 +32,8 @@ static struct allocator allocs[] = {
     {"jemalloc", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", NULL, 1},
     {"tcmalloc", "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", NULL, 1},
     {"mimalloc", "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2", NULL, 1},
+    // ccache without its double-free check: the check's cost on the fast path.
+    {"ccache-rseq-nocheck", NULL, "rseq", 1},
 };
 #define NALLOC (int)(sizeof allocs / sizeof allocs[0])
 #define GLIBC 2
@@ -123,12 +126,13 @@ static double callgrind_ir(const char *bench, const struct allocator *a, const c
 }
 
 int main(int argc, char **argv) {
-  const char *bench = NULL, *lib = NULL, *ring_bench = NULL, *out = "bench-results";
+  const char *bench = NULL, *lib = NULL, *ring_bench = NULL, *nocheck_lib = NULL, *out = "bench-results";
   int quick = 0, reps = 0, callgrind = 0;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--bench") && i + 1 < argc) bench = argv[++i];
     else if (!strcmp(argv[i], "--ccache-lib") && i + 1 < argc) lib = argv[++i];
     else if (!strcmp(argv[i], "--ring-bench") && i + 1 < argc) ring_bench = argv[++i];
+    else if (!strcmp(argv[i], "--ccache-nocheck-lib") && i + 1 < argc) nocheck_lib = argv[++i];
     else if (!strcmp(argv[i], "--out") && i + 1 < argc) out = argv[++i];
     else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--quick")) quick = 1;
@@ -154,6 +158,11 @@ int main(int argc, char **argv) {
   snprintf(outdir, sizeof outdir, "%s%s%s", out[0] != '/' && wd ? wd : "", out[0] != '/' && wd ? "/" : "", out);
   mkdir(outdir, 0755);
   allocs[0].preload = allocs[1].preload = lib_abs;
+  static char nocheck_abs[4096];
+  if (nocheck_lib && realpath(nocheck_lib, nocheck_abs))
+    allocs[6].preload = nocheck_abs;
+  else
+    allocs[6].available = 0;
   for (int a = 0; a < NALLOC; a++)
     if (allocs[a].preload && access(allocs[a].preload, R_OK) != 0) {
       allocs[a].available = 0;
@@ -162,6 +171,7 @@ int main(int argc, char **argv) {
   int ncpu = (int)sysconf(_SC_NPROCESSORS_ONLN);
   double millis = quick ? 150 : 400;
   if (!reps) reps = quick ? 3 : 7;
+  if (reps > 64) reps = 64;  // the results table holds 64 repetitions
   long sizes_full[] = {16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
   long sizes_quick[] = {16, 32, 256, 4096, 32768};
   long *sizes = quick ? sizes_quick : sizes_full;
@@ -181,8 +191,8 @@ int main(int argc, char **argv) {
   add(l4, "larson", 0, 4 * ncpu, 1);
   add(l8, "larson", 0, 8 * ncpu, 1);
 
-  static double values[32][8][64];
-  static long rss[32][8];
+  static double values[32][NALLOC][64];
+  static long rss[32][NALLOC];
   static char units[32][16];
   int failures = 0;
   for (int rep = 0; rep < reps; rep++) {
@@ -214,7 +224,7 @@ int main(int argc, char **argv) {
   fprintf(md, "Machine: %d CPUs online; %d repetitions of %.0f ms per workload and allocator, interleaved.\n\n", ncpu, reps, millis);
   fprintf(md, "| workload | allocator | min | median | max | unit | vs glibc | peak RSS (MiB) |\n|---|---|---|---|---|---|---|---|\n");
   fprintf(js, "{\"cpus\": %d, \"reps\": %d, \"millis\": %.0f, \"results\": [", ncpu, reps, millis);
-  static double med[32][8];
+  static double med[32][NALLOC];
   int first = 1;
   for (int c = 0; c < nconfigs; c++) {
     for (int a = 0; a < NALLOC; a++) {
