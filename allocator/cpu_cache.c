@@ -155,6 +155,13 @@ int cpu_cache_drain(struct ccache_heap *heap, int cpu) {
       while (rseq_cas_stack_pop(cas_top(heap, cpu, c), cas_slots(heap, cpu, c), &item) ==
              RSEQ_COMMIT)
         batch[n++] = (void *)item;
+      // Give them back bottom of the stack first, as RSEQ mode does: the order decides
+      // when a span becomes free and goes back, and both modes must agree on that.
+      for (int k = 0; k < n / 2; k++) {
+        void *t = batch[k];
+        batch[k] = batch[n - 1 - k];
+        batch[n - 1 - k] = t;
+      }
       if (n) central_give(heap, c, batch, n);
     }
     return 0;
