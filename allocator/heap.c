@@ -64,8 +64,8 @@ static inline struct span *claim_freed_block(struct ccache_heap *heap, void *ptr
   struct span *s = span_of(heap, a);
   if (__builtin_expect(!s || s->kind != SPAN_SMALL, 0))
     ccache_report_bad_free(heap, ptr, "invalid free (no block of this heap there)");
-  uint32_t i = span_index(s, a);
-  if (__builtin_expect(i >= s->nobjs || s->start + (uintptr_t)i * s->obj_size != a, 0))
+  uint32_t i;
+  if (__builtin_expect(!span_block_start(s, a, &i), 0))
     ccache_report_bad_free(heap, ptr, "invalid free (not the start of a block)");
 #ifdef CCACHE_NO_FREE_CHECKS
   // Benchmark-only variant (//allocator:libccache_malloc_nocheck.so): the state still
@@ -144,8 +144,8 @@ size_t ccache_malloc_usable_size(struct ccache_heap *heap, const void *ptr) {
     struct span *s = span_of(heap, a);
     if (!s || s->kind != SPAN_SMALL)
       ccache_report_bad_free(heap, ptr, "malloc_usable_size of a pointer this heap does not own");
-    uint32_t i = span_index(s, a);
-    if (i >= s->nobjs || s->start + (uintptr_t)i * s->obj_size != a ||
+    uint32_t i;
+    if (!span_block_start(s, a, &i) ||
         __atomic_load_n(&s->state[i], __ATOMIC_RELAXED) != BLOCK_ALLOCATED)
       ccache_report_bad_free(heap, ptr, "malloc_usable_size of a block that is not allocated");
     return s->obj_size;
@@ -160,8 +160,8 @@ bool ccache_owns(struct ccache_heap *heap, const void *ptr) {
   if (a - heap->base < heap->reserve_bytes) {
     struct span *s = span_of(heap, a);
     if (!s || s->kind != SPAN_SMALL) return false;
-    uint32_t i = span_index(s, a);
-    return i < s->nobjs && s->start + (uintptr_t)i * s->obj_size == a &&
+    uint32_t i;
+    return span_block_start(s, a, &i) &&
            __atomic_load_n(&s->state[i], __ATOMIC_RELAXED) == BLOCK_ALLOCATED;
   }
   return ptr && large_usable_size(heap, ptr) != 0;

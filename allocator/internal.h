@@ -186,6 +186,12 @@ static inline struct span *span_of(const struct ccache_heap *heap, uintptr_t add
 static inline uint32_t span_index(const struct span *s, uintptr_t addr) {
   return (uint32_t)(((uint64_t)(addr - s->start) * s->magic) >> 40);
 }
+// True when addr is the first byte of a block of small span s; *index is that block.
+static inline bool span_block_start(const struct span *s, uintptr_t addr, uint32_t *index) {
+  uint32_t i = span_index(s, addr);
+  *index = i;
+  return i < s->nobjs && s->start + (uintptr_t)i * s->obj_size == addr;
+}
 
 // central.c
 void central_init(struct ccache_heap *heap);
@@ -200,7 +206,7 @@ void *cpu_cache_pop(struct ccache_heap *heap, unsigned cls);   // NULL: empty or
 bool cpu_cache_push(struct ccache_heap *heap, unsigned cls, void *block);  // false: full
 uint64_t cpu_cache_count(const struct ccache_heap *heap, int cpu, unsigned cls);
 int cpu_cache_drain(struct ccache_heap *heap, int cpu);
-// This thread's region (for refill/drain of its own cache), or -1 when unknown.
+// Up to n blocks of class cls from the calling thread's own cache; returns how many.
 int cpu_cache_pop_batch(struct ccache_heap *heap, unsigned cls, void **out, int n);
 
 // large.c

@@ -42,12 +42,6 @@ static double now(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-// One single-threaded comparison: both modes, one index (fuzz/ops.c). 1 on failure.
-static int compare(enum ops_family f, enum rseq_index index, const struct op *ops, size_t n,
-                   char *why, size_t why_size) {
-  return ops_compare_modes(f, index, ops, n, why, why_size);
-}
-
 // Shrink a failing stream: drop chunks of ops (halves, quarters, ... single ops) as
 // long as the stream still fails. Deterministic, so the result reproduces.
 static size_t shrink(enum ops_family f, enum rseq_index index, struct op *ops, size_t n) {
@@ -59,7 +53,7 @@ static size_t shrink(enum ops_family f, enum rseq_index index, struct op *ops, s
       size_t m = 0;
       for (size_t i = 0; i < n; i++)
         if (i < start || i >= end) tmp[m++] = ops[i];
-      if (m > 0 && compare(f, index, tmp, m, why, sizeof why)) {
+      if (m > 0 && ops_compare_modes(f, index, tmp, m, why, sizeof why)) {
         memcpy(ops, tmp, sizeof *ops * m);
         n = m;
       } else {
@@ -283,13 +277,13 @@ int main(int argc, char **argv) {
                  (unsigned long)(s * FAMILY_COUNT + (uint64_t)f), (unsigned long)s, nops);
         alarm(30);
         char why[600];
-        if (compare((enum ops_family)f, (enum rseq_index)ix, ops, nops, why, sizeof why)) {
+        if (ops_compare_modes((enum ops_family)f, (enum rseq_index)ix, ops, nops, why, sizeof why)) {
           printf("\nDIVERGENCE: family %s, index %s, seed %lu (stream seed %lu): %s\n",
                  ops_family_name((enum ops_family)f), rseq_index_name((enum rseq_index)ix),
                  (unsigned long)seed, (unsigned long)(s * FAMILY_COUNT + (uint64_t)f), why);
           alarm(0);  // shrinking reruns many streams; each is bounded by the check above
           size_t m = shrink((enum ops_family)f, (enum rseq_index)ix, ops, nops);
-          compare((enum ops_family)f, (enum rseq_index)ix, ops, m, why, sizeof why);
+          ops_compare_modes((enum ops_family)f, (enum rseq_index)ix, ops, m, why, sizeof why);
           printf("shrunk to %zu ops (%s):\n", m, why);
           ops_print((enum ops_family)f, ops, m, stdout);
           printf("reproduce: bazel run //ci:differential -- --seed %lu --ops %zu\n", (unsigned long)s, nops);
