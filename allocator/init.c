@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "allocator/internal.h"
+#include "sanitizers/sanitizers.h"
 
 // Guards the list of live heaps: heap_create/destroy and the fork handlers walk it.
 static pthread_mutex_t heaps_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -112,7 +113,12 @@ void ccache_heap_destroy(struct ccache_heap *heap) {
   cpu_cache_destroy(heap);
   large_destroy(heap);
   if (heap->span_of_page) os_unmap(heap->span_of_page, heap->pagemap_bytes);
-  if (heap->base) os_unmap((void *)heap->base, heap->reserve_bytes);
+  if (heap->base) {
+    // Blocks in caches and central lists are ASan-poisoned; munmap does not clear that
+    // shadow, and the next mapping there (a thread stack, say) would inherit it.
+    CCACHE_ASAN_UNPOISON((void *)heap->base, heap->committed);
+    os_unmap((void *)heap->base, heap->reserve_bytes);
+  }
   for (char *c = heap->meta_chunks; c;) {
     char *prev = ((char **)c)[0];
     os_unmap(c, ((size_t *)c)[1]);
