@@ -32,11 +32,11 @@
 
 #include "rseq/rseq_asm.h"
 
-static inline void before_section(int id, intptr_t *v) {
+static inline void before_section(int id, enum rseq_index index, int cpu, intptr_t *v) {
 #ifdef RSEQ_INJECT
   rseq_inject_block_maybe();
 #endif
-  if (RSEQ_COUNTING) rseq_count_entered(id);
+  if (RSEQ_COUNTING) rseq_count_entered(id, index, cpu);
   // TSan: whatever this thread wrote before the section is published through `v`.
   // Released before the section and acquired after it, so a thread whose section ran
   // after ours on this CPU (the kernel serializes them) always sees our release.
@@ -95,7 +95,7 @@ RSEQ_NOINLINE int rseq_addv(enum rseq_index index, intptr_t *v, intptr_t count, 
   enum { id = 0 };
   struct rseq_abi *area = area_or_die("rseq_addv");
   uint32_t *idx = index_field(area, index);
-  before_section(id, v);
+  before_section(id, index, cpu, v);
   __asm__ goto(RSEQ_ASM_DEFINE_TABLE("rseq_addv")
                RSEQ_ASM_START
                RSEQ_INJECT_ASM(1)
@@ -127,7 +127,7 @@ RSEQ_NOINLINE int rseq_cmpeqv_storev(enum rseq_index index, intptr_t *v, intptr_
   enum { id = 1 };
   struct rseq_abi *area = area_or_die("rseq_cmpeqv_storev");
   uint32_t *idx = index_field(area, index);
-  before_section(id, v);
+  before_section(id, index, cpu, v);
   __asm__ goto(RSEQ_ASM_DEFINE_TABLE("rseq_cmpeqv_storev")
                RSEQ_ASM_DEFINE_EXIT_POINT("1f", cmpfail)
                RSEQ_ASM_START
@@ -172,7 +172,7 @@ RSEQ_NOINLINE int rseq_cmpnev_storeoffp_load(enum rseq_index index, intptr_t *v,
   enum { id = 2 };
   struct rseq_abi *area = area_or_die("rseq_cmpnev_storeoffp_load");
   uint32_t *idx = index_field(area, index);
-  before_section(id, v);
+  before_section(id, index, cpu, v);
   __asm__ goto(RSEQ_ASM_DEFINE_TABLE("rseq_cmpnev_storeoffp_load")
                RSEQ_ASM_DEFINE_EXIT_POINT("1f", cmpfail)
                RSEQ_ASM_START
@@ -225,7 +225,7 @@ RSEQ_NOINLINE int rseq_cmpeqv_trystorev_storev(enum rseq_index index, intptr_t *
   enum { id = 3 };
   struct rseq_abi *area = area_or_die("rseq_cmpeqv_trystorev_storev");
   uint32_t *idx = index_field(area, index);
-  before_section(id, v);
+  before_section(id, index, cpu, v);
   __asm__ goto(RSEQ_ASM_DEFINE_TABLE("rseq_cmpeqv_trystorev_storev")
                RSEQ_ASM_DEFINE_EXIT_POINT("1f", cmpfail)
                RSEQ_ASM_START
@@ -270,7 +270,7 @@ RSEQ_NOINLINE int rseq_cmpeqv_trymemcpy_storev(enum rseq_index index, intptr_t *
   enum { id = 4 };
   struct rseq_abi *area = area_or_die("rseq_cmpeqv_trymemcpy_storev");
   uint32_t *idx = index_field(area, index);
-  before_section(id, v);
+  before_section(id, index, cpu, v);
   __asm__ goto(RSEQ_ASM_DEFINE_TABLE("rseq_cmpeqv_trymemcpy_storev")
                RSEQ_ASM_DEFINE_EXIT_POINT("1f", cmpfail)
                RSEQ_ASM_START
@@ -332,7 +332,7 @@ RSEQ_NOINLINE int rseq_offset_deref_addv(enum rseq_index index, intptr_t *ptr, l
   enum { id = 5 };
   struct rseq_abi *area = area_or_die("rseq_offset_deref_addv");
   uint32_t *idx = index_field(area, index);
-  before_section(id, ptr);
+  before_section(id, index, cpu, ptr);
   __asm__ goto(RSEQ_ASM_DEFINE_TABLE("rseq_offset_deref_addv")
                RSEQ_ASM_START
                "movq (%[ptr]), %%rbx\n\t"
@@ -376,7 +376,7 @@ RSEQ_NOINLINE int rseq_percpu_stack_pop(enum rseq_index index, char *base, size_
   struct rseq_abi *area = area_or_die("rseq_percpu_stack_pop");
   uint32_t *idx = index_field(area, index);
   intptr_t *slot = (intptr_t *)(base + (size_t)cpu * stride + count_off);  // TSan only
-  before_section(id, slot);
+  before_section(id, index, cpu, slot);
   __asm__ goto(RSEQ_ASM_DEFINE_TABLE("rseq_percpu_stack_pop")
                RSEQ_ASM_DEFINE_EXIT_POINT("1f", cmpfail)
                RSEQ_ASM_START
@@ -429,7 +429,7 @@ RSEQ_NOINLINE int rseq_percpu_stack_push(enum rseq_index index, char *base, size
   struct rseq_abi *area = area_or_die("rseq_percpu_stack_push");
   uint32_t *idx = index_field(area, index);
   intptr_t *slot = (intptr_t *)(base + (size_t)cpu * stride + count_off);  // TSan only
-  before_section(id, slot);
+  before_section(id, index, cpu, slot);
   __asm__ goto(RSEQ_ASM_DEFINE_TABLE("rseq_percpu_stack_push")
                RSEQ_ASM_DEFINE_EXIT_POINT("1f", cmpfail)
                RSEQ_ASM_START

@@ -80,9 +80,13 @@ static struct {
 } counters[RSEQ_SECTION_MAX];
 
 static _Atomic(rseq_abort_hook_fn) abort_hook;
+static _Atomic(rseq_enter_hook_fn) enter_hook;
 
-void rseq_count_entered(int id) {
+void rseq_count_entered(int id, enum rseq_index index, int cpu) {
   atomic_fetch_add_explicit(&counters[id].entered, 1, memory_order_relaxed);
+  // Acquire pairs with the release in rseq_set_enter_hook: the hook's data is ready.
+  rseq_enter_hook_fn hook = atomic_load_explicit(&enter_hook, memory_order_acquire);
+  if (hook) hook(id, index, cpu);
 }
 void rseq_count_committed(int id) {
   atomic_fetch_add_explicit(&counters[id].committed, 1, memory_order_relaxed);
@@ -99,6 +103,15 @@ void rseq_count_aborted(int id) {
 
 void rseq_set_abort_hook(rseq_abort_hook_fn hook) {
   atomic_store_explicit(&abort_hook, hook, memory_order_release);
+}
+
+int rseq_set_enter_hook(rseq_enter_hook_fn hook) {
+  if (!rseq_stats_enabled()) {
+    errno = ENOTSUP;
+    return -1;
+  }
+  atomic_store_explicit(&enter_hook, hook, memory_order_release);
+  return 0;
 }
 
 void rseq_section_counters_get(int id, struct rseq_section_counters *out) {

@@ -222,6 +222,9 @@ int rseq_percpu_cmpeqv_storev(const struct rseq_percpu_mode *m, intptr_t *v, int
 // Registry: the sections linked into this binary, read from the __rseq_cs_ptr_array
 // and rseq_registry ELF sections through the linker's __start_/__stop_ symbols.
 
+// Section ids (struct rseq_section.id, the hooks' section_id) are below this.
+#define RSEQ_SECTION_MAX_IDS 16
+
 struct rseq_section {
   const char *name;  // stable: "rseq_addv", "rseq_cmpeqv_storev", ...
   int id;            // index into the counters
@@ -255,6 +258,13 @@ void rseq_registry_dump_json(FILE *out);
 // jobs classify aborts by cause with it. Must be async-signal-safe.
 typedef void (*rseq_abort_hook_fn)(int section_id);
 void rseq_set_abort_hook(rseq_abort_hook_fn hook);
+// Called (in C, right before the asm, after any blocking injection) on every section
+// entry, with the index and the value of it the caller expects (`cpu`). Counting
+// variants only (stats, inject, debug); elsewhere it returns -1 with errno ENOTSUP.
+// With the abort hook, it lets the stress jobs tell why a section aborted: what
+// changed between its entry and its abort. Must be async-signal-safe.
+typedef void (*rseq_enter_hook_fn)(int section_id, enum rseq_index index, int cpu);
+int rseq_set_enter_hook(rseq_enter_hook_fn hook);
 
 // ---------------------------------------------------------------------------------
 // Delay injection (inject variant only; elsewhere the setters return -1 ENOTSUP).

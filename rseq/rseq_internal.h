@@ -18,7 +18,7 @@
   X(6, "rseq_percpu_stack_pop", 0x6)                          \
   X(7, "rseq_percpu_stack_push", 0x6)
 
-#define RSEQ_SECTION_MAX 16
+#define RSEQ_SECTION_MAX RSEQ_SECTION_MAX_IDS
 
 // Set by rseq_inject_set_loops(); read by the delay loops inside sections (inject
 // variant). Hidden so the asm can address it %rip-relative from any object.
@@ -26,7 +26,7 @@ extern volatile uint32_t rseq_inject_loops[RSEQ_INJECT_POINTS + 1]
     __attribute__((visibility("hidden")));
 
 // Counters, called in C before and after the asm of each section.
-void rseq_count_entered(int id) __attribute__((visibility("hidden")));
+void rseq_count_entered(int id, enum rseq_index index, int cpu) __attribute__((visibility("hidden")));
 void rseq_count_committed(int id) __attribute__((visibility("hidden")));
 void rseq_count_aborted(int id) __attribute__((visibility("hidden")));
 void rseq_count_cmpfail(int id) __attribute__((visibility("hidden")));
