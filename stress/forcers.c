@@ -93,17 +93,18 @@ static int random_tid(uint64_t *s) {
   return 0;
 }
 
-// --- migrate: random single CPUs (half the time) and random non-empty subsets.
+// --- migrate: single CPUs in turn (half the time: with two CPUs, every such write
+// moves a thread that still runs where the last one put it) and random subsets.
 static void *migrate_main(void *arg) {
   (void)arg;
   uint64_t s = cfg.seed ^ 0x1111;
-  while (!stop_requested()) {
+  for (unsigned turn = 0; !stop_requested(); turn++) {
     int tid = random_tid(&s);
     if (tid) {
       cpu_set_t set;
       CPU_ZERO(&set);
       if (rnd(&s) % 2) {
-        CPU_SET(cpus[rnd(&s) % (uint64_t)ncpus], &set);
+        CPU_SET(cpus[((unsigned)tid * 7u + turn) % (unsigned)ncpus], &set);
       } else {
         for (int i = 0; i < ncpus; i++)
           if (rnd(&s) % 2) CPU_SET(cpus[i], &set);
