@@ -165,6 +165,35 @@ static void *fake_cpu_thread(void *arg) {
   return NULL;
 }
 
+// The enter and abort hooks see every section call with its id, index and cpu.
+static int hook_entered_id = -1, hook_entered_index = -1, hook_entered_cpu = -1, hook_aborted_id = -1;
+static void on_enter(int id, enum rseq_index index, int cpu) {
+  hook_entered_id = id;
+  hook_entered_index = (int)index;
+  hook_entered_cpu = cpu;
+}
+static void on_abort(int id) { hook_aborted_id = id; }
+
+static void check_hooks(void) {
+  test_context("enter/abort hooks");
+  CHECK(rseq_set_enter_hook(on_enter) == 0, "the stats variant takes an enter hook");
+  rseq_set_abort_hook(on_abort);
+  int cpu = rseq_current_index(RSEQ_INDEX_CPU_ID);
+  intptr_t v = 0;
+  CHECK_EQ(rseq_addv(RSEQ_INDEX_CPU_ID, &v, 1, cpu), RSEQ_COMMIT);
+  CHECK_EQ(hook_entered_id, 0);  // rseq_addv's id
+  CHECK_EQ(hook_entered_index, RSEQ_INDEX_CPU_ID);
+  CHECK_EQ(hook_entered_cpu, cpu);
+  CHECK_EQ(hook_aborted_id, -1);
+  CHECK_EQ(rseq_cmpeqv_storev(RSEQ_INDEX_CPU_ID, &v, 1, 2, cpu + 1), RSEQ_ABORT);  // wrong cpu
+  CHECK_EQ(hook_entered_id, 1);
+  CHECK_EQ(hook_entered_cpu, cpu + 1);
+  CHECK_EQ(hook_aborted_id, 1);
+  rseq_set_enter_hook(NULL);
+  rseq_set_abort_hook(NULL);
+  printf("ok: enter and abort hooks\n");
+}
+
 int main(int argc, char **argv) {
   test_init(argc, argv);
   if (!rseq_available()) test_skip("rseq unavailable on this kernel: %s", rseq_unavailable_reason());
@@ -199,6 +228,8 @@ int main(int argc, char **argv) {
     pthread_join(t, NULL);
     printf("ok: fake cpus, index=%s\n", rseq_index_name(index));
   }
+  check_counters_consistent();
+  check_hooks();
   check_counters_consistent();
   rseq_registry_dump_json(stdout);
   printf("PASS\n");
