@@ -15,6 +15,9 @@
 //     commit count equals the undisturbed baseline's (the retry committed exactly
 //     once); the workload's own invariants hold (exit 0). At post_commit_ip: no extra
 //     abort, same commits, invariants hold.
+// Before the forced aborts, each section's shape is checked statically: the first
+// instruction compares the CPU and jumps to abort_ip on mismatch; the last one ends
+// exactly at post_commit_ip and stores to memory.
 // Report: a table (section, offset, instruction) -> aborted?, retry committed?,
 // invariants ok?, and the same as JSON. Exit 1 on any failure (or, with
 // --expect-broken, 0 only when every section has at least one failing instruction:
@@ -212,6 +215,32 @@ static int read_code(const char *file, uint64_t vaddr, uint8_t *buf, size_t n) {
   return rc;
 }
 
+// Intel syntax (capstone's default): the first operand is the destination.
+static bool writes_memory(const cs_insn *i) {
+  const char *comma = strchr(i->op_str, ',');
+  const char *bracket = strchr(i->op_str, '[');
+  if (!bracket || (comma && bracket > comma)) return false;
+  return strcmp(i->mnemonic, "cmp") && strcmp(i->mnemonic, "test") && i->mnemonic[0] != 'j';
+}
+
+// NULL when the section has the required shape, else what is wrong.
+static const char *structure_problem(const cs_insn *insn, size_t count, const struct section *sec) {
+  if (count < 3) return "cannot disassemble the section";
+  if (strcmp(insn[0].mnemonic, "cmp") || strncmp(insn[0].op_str, "dword ptr [", 11))
+    return "the first instruction at start_ip is not the CPU comparison (cmp of a 32-bit field)";
+  if (strcmp(insn[1].mnemonic, "jne") || strtoull(insn[1].op_str, NULL, 16) != sec->abort_off)
+    return "the CPU comparison is not followed by a jump to abort_ip";
+  uint64_t end = sec->start + sec->len;
+  for (size_t k = 0; k < count; k++) {
+    uint64_t next = insn[k].address + insn[k].size;
+    if (next < end) continue;
+    if (next > end) return "post_commit_ip falls inside an instruction";
+    if (!writes_memory(&insn[k])) return "the last instruction before post_commit_ip is not a store";
+    return NULL;
+  }
+  return "post_commit_ip is past the disassembled code";
+}
+
 int main(int argc, char **argv) {
   const char *json_path = NULL, *only = NULL;
   bool expect_broken = false;
@@ -293,6 +322,20 @@ int main(int argc, char **argv) {
     }
     cs_insn *insn;
     size_t count = cs_disasm(cs, code, n, sec->start, 0, &insn);
+    // The shape every section must have (DESIGN.md's discipline), read statically:
+    // the first instruction compares the CPU (a 32-bit field in memory) and the next
+    // jumps to abort_ip on mismatch; the last instruction inside ends exactly at
+    // post_commit_ip and stores to memory (the commit).
+    const char *shape = structure_problem(insn, count, sec);
+    if (shape) {
+      printf("| %s | - | structure | - | - | - | FAIL: %s |\n", sec->name, shape);
+      if (js)
+        fprintf(js, "%s\n {\"section\": \"%s\", \"structure\": \"%s\", \"ok\": false}",
+                first_json ? "" : ",", sec->name, shape);
+      first_json = 0;
+      bad++;
+      broken_flagged[s] = 1;
+    }
     for (size_t k = 0; k < count && insn[k].address <= sec->start + sec->len; k++) {
       uint64_t off = insn[k].address;
       bool inside = off < sec->start + sec->len;
