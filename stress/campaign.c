@@ -185,17 +185,21 @@ static void absorb(struct run *r, const char *tsv) {
   fclose(f);
 }
 
-// The last line of a log that says why it failed or skipped.
-static void why_from_log(const char *log, char *why, size_t size) {
+// One pass over a run's log: whether it skipped, and the last line that says why it
+// failed or skipped.
+static bool scan_log(const char *log, char *why, size_t size) {
+  bool skipped = false;
   FILE *f = fopen(log, "r");
-  if (!f) return;
+  if (!f) return false;
   char line[512];
   while (fgets(line, sizeof line, f)) {
     line[strcspn(line, "\n")] = 0;
+    skipped |= !strncmp(line, "SKIPPED", 7);
     if (!strncmp(line, "SKIPPED", 7) || !strncmp(line, "FAIL", 4) || strstr(line, "no abort"))
       snprintf(why, size, "%s", line);
   }
   fclose(f);
+  return skipped;
 }
 
 static void do_run(struct run *r, double seconds) {
@@ -224,24 +228,18 @@ static void do_run(struct run *r, double seconds) {
   double t0 = now_s();
   int status = run_logged(argv, log, r->seconds + 60);
   r->wall = now_s() - t0;
-  char skipped[8] = "";
-  FILE *f = fopen(log, "r");
-  if (f) {
-    char line[512];
-    while (fgets(line, sizeof line, f))
-      if (!strncmp(line, "SKIPPED", 7)) snprintf(skipped, sizeof skipped, "yes");
-    fclose(f);
-  }
+  char why[sizeof r->why] = "";
+  bool skipped = scan_log(log, why, sizeof why);
   if (status == -1) {
     r->status = 3;
     snprintf(r->why, sizeof r->why, "timed out after %.0f s", r->seconds + 60);
   } else if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
-    r->status = skipped[0] ? 2 : 0;
+    r->status = skipped ? 2 : 0;
   } else {
     r->status = 1;
     snprintf(r->why, sizeof r->why, "exit status %d", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
   }
-  if (r->status) why_from_log(log, r->why, sizeof r->why);
+  if (r->status && why[0]) snprintf(r->why, sizeof r->why, "%s", why);
   if (r->status == 2 && !strcmp(r->force, "cgroup"))
     snprintf(forcer_why[5], sizeof forcer_why[5], "%s", r->why);
   absorb(r, tsv);

@@ -14,6 +14,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "rseq/testing.h"
+#include "stress/forcers.h"
+
 #define PREFIX "ccache-stress-"
 
 static int write_file(const char *path, const char *text) {
@@ -64,12 +67,9 @@ static int find_mount(int version, char *out, size_t size) {
 
 // The calling thread's allowed CPUs as a cpuset list ("0,1,5").
 static void allowed_cpus(char *out, size_t size) {
-  cpu_set_t set;
-  out[0] = 0;
-  if (sched_getaffinity(0, sizeof set, &set) != 0) return;
-  size_t len = 0;
-  for (int c = 0; c < CPU_SETSIZE && len + 8 < size; c++)
-    if (CPU_ISSET(c, &set)) len += (size_t)snprintf(out + len, size - len, "%s%d", len ? "," : "", c);
+  static int cpus[CPU_SETSIZE];
+  int n = test_allowed_cpus(cpus, CPU_SETSIZE);
+  cpu_list_format(out, size, cpus, NULL, n);
 }
 
 // Directories left by supervisors that died (SIGKILL) before removing them.

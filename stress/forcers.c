@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "rseq/rseq.h"
+#include "rseq/testing.h"
 #include "stress/causes.h"
 
 #define MAX_WORKERS 512
@@ -62,6 +63,14 @@ static __thread bool my_timer_armed;
 static _Atomic uint64_t timers_armed, timer_errors;  // relaxed: statistics
 
 static int gettid_(void) { return (int)syscall(SYS_gettid); }
+
+size_t cpu_list_format(char *out, size_t size, const int *cpus, const bool *in, int n) {
+  size_t len = 0;
+  out[0] = 0;
+  for (int i = 0; i < n && len + 12 < size; i++)
+    if (!in || in[i]) len += (size_t)snprintf(out + len, size - len, "%s%d", len ? "," : "", cpus[i]);
+  return len;
+}
 
 static uint64_t rnd(uint64_t *s) {  // xorshift64*
   *s ^= *s >> 12;
@@ -166,14 +175,12 @@ static void *cgroup_main(void *arg) {
   uint64_t s = cfg.seed ^ 0x4444;
   for (unsigned step = 0; !stop_requested(); step++) {
     char list[512];
-    size_t len = 0;
-    list[0] = 0;
+    bool in[CPU_SETSIZE];
     unsigned kind = step % (unsigned)(ncpus + 2);
-    for (int i = 0; i < ncpus && len + 8 < sizeof list; i++) {
-      bool in = kind < (unsigned)ncpus ? i == (int)kind : kind == (unsigned)ncpus ? true : rnd(&s) % 2;
-      if (in) len += (size_t)snprintf(list + len, sizeof list - len, "%s%d", len ? "," : "", cpus[i]);
-    }
-    if (!len) snprintf(list, sizeof list, "%d", cpus[0]);
+    for (int i = 0; i < ncpus; i++)
+      in[i] = kind < (unsigned)ncpus ? i == (int)kind : kind == (unsigned)ncpus ? true : rnd(&s) % 2;
+    if (!cpu_list_format(list, sizeof list, cpus, in, ncpus))
+      snprintf(list, sizeof list, "%d", cpus[0]);
     int fd = open(cfg.cgroup_cpus_file, O_WRONLY | O_CLOEXEC);
     if (fd >= 0 && write(fd, list, strlen(list)) == (ssize_t)strlen(list))
       st.done[5]++;
@@ -187,10 +194,8 @@ static void *cgroup_main(void *arg) {
 
 // --- antagonist: one stress-ng process group, pinned to our CPUs.
 static void start_antagonists(void) {
-  char taskset[512] = "", timeout[32], classes[256];
-  size_t len = 0;
-  for (int i = 0; i < ncpus && len + 8 < sizeof taskset; i++)
-    len += (size_t)snprintf(taskset + len, sizeof taskset - len, "%s%d", len ? "," : "", cpus[i]);
+  char taskset[512], timeout[32], classes[256];
+  cpu_list_format(taskset, sizeof taskset, cpus, NULL, ncpus);
   snprintf(timeout, sizeof timeout, "%ds", (int)cfg.seconds + 5);  // we reap it before that
   snprintf(classes, sizeof classes, "%s", cfg.antagonists);
   char *argv[64];
@@ -251,7 +256,7 @@ static void stop_antagonists(void) {
   for (int i = 0; i < 500; i++) {  // 5 s
     pid_t r = waitpid(antagonist_pgid, &status, WNOHANG);
     if (r == antagonist_pgid) {
-      st.antagonists_reaped = 1;
+      snprintf(st.detail[4], sizeof st.detail[4], "stress-ng reaped after SIGTERM");
       kill(-antagonist_pgid, SIGKILL);  // any stressor child still there
       antagonist_pgid = 0;
       return;
@@ -260,7 +265,7 @@ static void stop_antagonists(void) {
   }
   kill(-antagonist_pgid, SIGKILL);
   waitpid(antagonist_pgid, &status, 0);
-  st.antagonists_killed = 1;
+  snprintf(st.detail[4], sizeof st.detail[4], "stress-ng killed after 5 s of SIGTERM");
   antagonist_pgid = 0;
 }
 
@@ -268,13 +273,9 @@ void forcers_start(const struct forcer_config *c) {
   cfg = *c;
   memset(&st, 0, sizeof st);
   atomic_store_explicit(&stopping, 0, memory_order_relaxed);
-  cpu_set_t set;
-  ncpus = 0;
-  if (sched_getaffinity(0, sizeof set, &set) == 0)
-    for (int i = 0; i < CPU_SETSIZE; i++)
-      if (CPU_ISSET(i, &set)) cpus[ncpus++] = i;
-  if (!ncpus) cpus[ncpus++] = 0;
-  snprintf(st.fence_method, sizeof st.fence_method, "%s", rseq_fence_method());
+  ncpus = test_allowed_cpus(cpus, CPU_SETSIZE);
+  if (ncpus == 0) cpus[ncpus++] = 0;  // affinity unreadable: CPU 0
+  snprintf(st.detail[3], sizeof st.detail[3], "%s", rseq_fence_method());
   void *(*mains[FORCE_COUNT])(void *) = {migrate_main, NULL, storm_main, fence_main, NULL,
                                           cgroup_main};
   for (int i = 0; i < FORCE_COUNT; i++) {
@@ -283,7 +284,8 @@ void forcers_start(const struct forcer_config *c) {
       continue;
     }
     if (i == 5 && !cfg.cgroup_cpus_file) {
-      snprintf(st.why_not[i], sizeof st.why_not[i], "no cgroup (the supervisor could not make one)");
+      snprintf(st.why_not[i], sizeof st.why_not[i], "%s",
+               cfg.cgroup_why_not ? cfg.cgroup_why_not : "no cgroup (the supervisor could not make one)");
       continue;
     }
     if (i == 1 && cfg.signal_us <= 0) snprintf(st.why_not[i], sizeof st.why_not[i], "--signal-us 0");

@@ -17,6 +17,8 @@
 #ifndef CCACHE_STRESS_FORCERS_H_
 #define CCACHE_STRESS_FORCERS_H_
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 enum {
@@ -41,6 +43,7 @@ struct forcer_config {
   const char *antagonists;  // stress-ng stressors, comma-separated
   double seconds;           // how long the job runs (stress-ng's own --timeout)
   const char *cgroup_cpus_file;  // cpuset.cpus of the job's cgroup (FORCE_CGROUP)
+  const char *cgroup_why_not;    // when there is none: why (the supervisor's reason)
   uint64_t seed;
 };
 
@@ -49,9 +52,12 @@ struct forcer_stats {
                                  // stress-ng processes started, cpuset writes
   uint64_t errors[FORCE_COUNT];  // refused (e.g. EINVAL outside a shrunk cpuset)
   char why_not[FORCE_COUNT][160];  // non-empty: this forcer did not run, and why
-  char fence_method[96];
-  int antagonists_reaped, antagonists_killed;  // stress-ng ended by SIGTERM / SIGKILL
+  char detail[FORCE_COUNT][96];  // how it ran: the fence method, how stress-ng ended
 };
+
+// Writes the CPUs cpus[i] with in[i] (every one when in is NULL) as a cpuset list
+// ("0,1,5") into out; returns its length.
+size_t cpu_list_format(char *out, size_t size, const int *cpus, const bool *in, int n);
 
 // Starts the forcer threads and processes of cfg->mask. The signal handler for
 // cfg->signo must be installed by the caller first.

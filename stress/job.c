@@ -29,6 +29,7 @@
 #include "stress/causes.h"
 #include "stress/cgroup.h"
 #include "stress/forcers.h"
+#include "stress/seen.h"
 
 struct rseq_percpu_mode job_mode;
 int job_nslots;
@@ -114,8 +115,7 @@ static void on_signal(int sig) {
 }
 
 // The consumer side of the signal ring (the main thread): each (worker, seq) once.
-static unsigned char **sig_seen;  // [threads][bitmap]
-static size_t *sig_seen_bytes;
+static struct seen sig_seen;
 static long sig_polled;
 
 static void sig_ring_drain(void) {
@@ -125,17 +125,8 @@ static void sig_ring_drain(void) {
     long id = (long)(v >> 40) - 1;
     uint64_t seq = v & ((1ull << 40) - 1);
     CHECK(id >= 0 && id < opt.threads, "signal ring: garbage item %#lx", (unsigned long)v);
-    size_t byte = seq / 8;
-    if (byte >= sig_seen_bytes[id]) {
-      size_t n = (byte + 1) * 2;
-      sig_seen[id] = realloc(sig_seen[id], n);
-      CHECK(sig_seen[id] != NULL);
-      memset(sig_seen[id] + sig_seen_bytes[id], 0, n - sig_seen_bytes[id]);
-      sig_seen_bytes[id] = n;
-    }
-    CHECK(!(sig_seen[id][byte] & (1u << (seq % 8))),
+    CHECK(seen_mark(&sig_seen, (int)id, seq),
           "signal ring: worker %ld's handler offer %lu polled twice", id, (unsigned long)seq);
-    sig_seen[id][byte] |= (unsigned char)(1u << (seq % 8));
     sig_polled++;
   }
 }
@@ -232,14 +223,13 @@ static void report(const struct forcer_stats *fs, double secs, int rounds, bool 
   }
   printf("\nforcers:\n");
   for (int f = 0; f < FORCE_COUNT; f++) {
-    const char *why = f == 5 && cgroup_why[0] ? cgroup_why : fs->why_not[f];
+    const char *why = fs->why_not[f];
     if (why[0])
       printf("  %-10s not exercised: %s\n", forcer_name(f), why);
     else
-      printf("  %-10s done %lu, refused %lu\n", forcer_name(f), (unsigned long)fs->done[f],
-             (unsigned long)fs->errors[f]);
+      printf("  %-10s done %lu, refused %lu%s%s\n", forcer_name(f), (unsigned long)fs->done[f],
+             (unsigned long)fs->errors[f], fs->detail[f][0] ? "; " : "", fs->detail[f]);
   }
-  printf("  fence method: %s\n", fs->fence_method);
   printf("\nchecks:\n");
   for (int i = 0; i < nchecks; i++)
     printf("  %-4s %-28s %s\n", checks[i].ok ? "ok" : "FAIL", checks[i].name, checks[i].detail);
@@ -255,13 +245,13 @@ static void report(const struct forcer_stats *fs, double secs, int rounds, bool 
             opt.inject_loops, ok ? "true" : "false");
     fprintf(f, "  \"forcers\": {");
     for (int k = 0; k < FORCE_COUNT; k++) {
-      const char *why = k == 5 && cgroup_why[0] ? cgroup_why : fs->why_not[k];
+      const char *why = fs->why_not[k];
       fprintf(f, "%s\n    \"%s\": {\"exercised\": %s, \"done\": %lu, \"refused\": %lu, "
-                 "\"why_not\": \"%s\"}",
+                 "\"why_not\": \"%s\", \"detail\": \"%s\"}",
               k ? "," : "", forcer_name(k), why[0] ? "false" : "true", (unsigned long)fs->done[k],
-              (unsigned long)fs->errors[k], why);
+              (unsigned long)fs->errors[k], why, fs->detail[k]);
     }
-    fprintf(f, "\n  },\n  \"fence_method\": \"%s\",\n  \"sections\": [", fs->fence_method);
+    fprintf(f, "\n  },\n  \"sections\": [");
     for (int i = 0; i < rseq_registry_count(); i++) {
       struct rseq_section s;
       struct rseq_section_counters c;
@@ -295,7 +285,7 @@ static void report(const struct forcer_stats *fs, double secs, int rounds, bool 
                 (unsigned long)causes_count(s.id, k), section_used(s.name));
     }
     for (int k = 0; k < FORCE_COUNT; k++) {
-      const char *why = k == 5 && cgroup_why[0] ? cgroup_why : fs->why_not[k];
+      const char *why = fs->why_not[k];
       fprintf(f, "forcer\t%s\t%lu\t%lu\t%s\n", forcer_name(k), (unsigned long)fs->done[k],
               (unsigned long)fs->errors[k], why);
     }
@@ -325,6 +315,7 @@ static int run_job(const char *cgroup_cpus_file, void *unused) {
     rseq_inject_set_blocking(opt.block, opt.block_every);
   }
   opt.force.cgroup_cpus_file = cgroup_cpus_file;
+  opt.force.cgroup_why_not = cgroup_why[0] ? cgroup_why : NULL;
   opt.force.seed = job_seed;
   opt.force.seconds = opt.seconds;
 
@@ -337,8 +328,7 @@ static int run_job(const char *cgroup_cpus_file, void *unused) {
   struct ring_options ro = {.mode = job_mode.mode, .index = job_mode.index};
   sig_ring = ring_create(256, &ro);
   CHECK(sig_ring != NULL, "ring_create: %s", strerror(errno));
-  sig_seen = calloc((size_t)opt.threads, sizeof *sig_seen);
-  sig_seen_bytes = calloc((size_t)opt.threads, sizeof *sig_seen_bytes);
+  seen_init(&sig_seen, opt.threads);
 
   struct worker *w = calloc((size_t)opt.threads, sizeof *w);
   for (int i = 0; i < opt.threads; i++) {
@@ -418,9 +408,7 @@ static int run_job(const char *cgroup_cpus_file, void *unused) {
   opt.work->summary(stdout);
   report(&fs, elapsed, rounds, ok);
   if (missing) printf("abort coverage missing:\n%s", missing_text);
-  for (int i = 0; i < opt.threads; i++) free(sig_seen[i]);
-  free(sig_seen);
-  free(sig_seen_bytes);
+  seen_free(&sig_seen);
   free(w);
   ring_destroy(sig_ring);
   free(sig_sums);

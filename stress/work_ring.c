@@ -16,6 +16,7 @@
 #include "ring/ring.h"
 #include "rseq/testing.h"
 #include "stress/job.h"
+#include "stress/seen.h"
 
 static const char *const sections[] = {"rseq_cmpeqv_trystorev_storev",
                                        "rseq_cmpeqv_trymemcpy_storev", NULL};
@@ -38,26 +39,12 @@ static pthread_t consumer;
 static _Atomic int consumer_stop;   // relaxed: a flag the consumer polls
 static _Atomic long polled[2];      // release by the consumer, acquire by round_end
 static long offered_total[2], full_total;
-static unsigned char *seen[2];      // [producer][max seq] bitmaps
-static size_t seen_bytes[2];        // per producer
+static struct seen seen[2];        // per ring: (producer, seq) polled
 static long *last_seq;              // [producer][shard], pointer ring
 
 static void mark_seen(int ring, uint64_t producer, uint64_t seq) {
-  size_t byte = seq / 8;
-  if (byte >= seen_bytes[ring]) {  // grow every producer's bitmap
-    size_t n = (byte + 1) * 2;
-    unsigned char *b = calloc((size_t)nproducers, n);
-    CHECK(b != NULL);
-    for (int p = 0; p < nproducers && seen[ring]; p++)
-      memcpy(b + (size_t)p * n, seen[ring] + (size_t)p * seen_bytes[ring], seen_bytes[ring]);
-    free(seen[ring]);
-    seen[ring] = b;
-    seen_bytes[ring] = n;
-  }
-  unsigned char *b = &seen[ring][producer * seen_bytes[ring] + byte];
-  CHECK(!(*b & (1u << (seq % 8))), "ring %d: producer %lu item %lu polled twice", ring,
-        (unsigned long)producer, (unsigned long)seq);
-  *b |= (unsigned char)(1u << (seq % 8));
+  CHECK(seen_mark(&seen[ring], (int)producer, seq), "ring %d: producer %lu item %lu polled twice",
+        ring, (unsigned long)producer, (unsigned long)seq);
 }
 
 static bool poll_once(void) {
@@ -107,6 +94,8 @@ static void setup(int nworkers) {
   o.record_size = sizeof(struct record);
   rings[1] = ring_create(64, &o);
   CHECK(rings[0] && rings[1], "ring_create");
+  seen_init(&seen[0], nworkers);
+  seen_init(&seen[1], nworkers);
   last_seq = malloc(sizeof *last_seq * (size_t)nworkers * (size_t)job_nslots);
   for (long i = 0; i < (long)nworkers * job_nslots; i++) last_seq[i] = -1;
   CHECK(pthread_create(&consumer, NULL, consumer_main, NULL) == 0);
@@ -174,8 +163,8 @@ static void finish(struct worker *w, int nworkers) {
   }
   ring_destroy(rings[0]);
   ring_destroy(rings[1]);
-  free(seen[0]);
-  free(seen[1]);
+  seen_free(&seen[0]);
+  seen_free(&seen[1]);
   free(last_seq);
 }
 
