@@ -4,6 +4,8 @@
 //   - FULL and EMPTY exact at the capacity boundaries, per shard; counters exact;
 //   - FIFO per shard; round-robin across shards (no starvation);
 //   - position wrap-around: positions start just below 2^64;
+//   - RSEQ mode, a migration right after an offer's index read: the item lands in the
+//     shard of the CPU the offer's section ran on, never the one it read first;
 //   - records of every size 1..64 survive the copy;
 //   - a seeded random sequence of offers, polls and batches on random fake CPUs gives
 //     results identical to a model, and identical in both modes;
@@ -289,6 +291,46 @@ static void test_single_consumer(void) {
 #endif
 }
 
+// A migration between the offer's index read and its section (played with fake
+// CPUs): the section must abort and the offer retry on the new CPU's shard. An offer
+// that computed its shard from one read and checked its section against another would
+// commit into the old CPU's shard from the new CPU.
+static void test_migration_mid_offer(enum rseq_index index) {
+  for (size_t rec = 0; rec <= 16; rec += 16) {
+    test_context("migration mid-offer index=%s record_size=%zu", rseq_index_name(index), rec);
+    struct ring *r = make(RSEQ_MODE_RSEQ, index, 8, rec, 0);
+    if (ring_shards(r) < 2) {
+      printf("SKIPPED: migration mid-offer: one shard only\n");
+      ring_destroy(r);
+      return;
+    }
+    rseq_fake_cpu_set(0);
+    rseq_fake_cpu_migrate_after_next_read(1);
+    char record[16] = "migrated";
+    CHECK_EQ(rec ? ring_offer_record(r, record) : ring_offer(r, (void *)7), RING_OK);
+    CHECK_EQ(rseq_current_index(index), 1);
+    struct ring_cpu_stats st0, st1;
+    CHECK(ring_cpu_stats(r, 0, &st0) == 0 && ring_cpu_stats(r, 1, &st1) == 0);
+    CHECK(st0.offered == 0 && st1.offered == 1,
+          "shard 0 got %lu items and shard 1 %lu: the offer committed on the CPU it read first",
+          (unsigned long)st0.offered, (unsigned long)st1.offered);
+    struct ring_stats rs;
+    ring_stats(r, &rs);
+    CHECK_EQ(rs.offer_aborts, 1);  // the section saw the move
+    if (rec) {
+      char got[16];
+      CHECK_EQ(ring_poll_record(r, got), RING_OK);
+      CHECK(!memcmp(got, record, sizeof got));
+    } else {
+      void *item;
+      int shard;
+      CHECK_EQ(ring_poll_shard(r, &item, &shard), RING_OK);
+      CHECK(item == (void *)7 && shard == 1, "item %p from shard %d", item, shard);
+    }
+    ring_destroy(r);
+  }
+}
+
 int main(int argc, char **argv) {
   test_init(argc, argv);
   test_bad_arguments();
@@ -310,7 +352,8 @@ int main(int argc, char **argv) {
     test_boundaries(modes[i].mode, modes[i].index, 0);
     test_boundaries(modes[i].mode, modes[i].index, UINTPTR_MAX - 11);  // wraps mid-test
     test_records(modes[i].mode, modes[i].index);
-    printf("ok: mode=%s index=%s: boundaries, wrap-around, records\n",
+    if (modes[i].mode == RSEQ_MODE_RSEQ) test_migration_mid_offer(modes[i].index);
+    printf("ok: mode=%s index=%s: boundaries, wrap-around, records, migration mid-offer\n",
            rseq_mode_name(modes[i].mode), rseq_index_name(modes[i].index));
   }
   uint64_t seed0 = test_seed(42);

@@ -156,6 +156,15 @@ static void *fake_cpu_thread(void *arg) {
     if (n > 1) CHECK_EQ(rseq_addv(index, &slots[cpu], 1, (cpu + 1) % n), RSEQ_ABORT);
   }
   for (int cpu = 0; cpu < n && cpu < 64; cpu++) CHECK_EQ(slots[cpu], cpu + 1);
+  // A migration right after an index read: that read returns the old CPU, the next
+  // the new one, and a section for the old CPU aborts.
+  rseq_fake_cpu_set(0);
+  rseq_fake_cpu_migrate_after_next_read(n - 1);
+  CHECK_EQ(rseq_current_index(index), 0);
+  if (n > 1) CHECK_EQ(rseq_addv(index, &slots[0], 1, 0), RSEQ_ABORT);
+  CHECK_EQ(slots[0], 1);  // the aborted add left it alone
+  CHECK_EQ(rseq_current_index(index), n - 1);
+  CHECK_EQ(rseq_addv(index, &slots[n - 1], 1, n - 1), RSEQ_COMMIT);
   CHECK(rseq_fake_cpu_exit() == 0, "rseq_fake_cpu_exit");
   CHECK_EQ(rseq_thread_owner(), before);
   int now = rseq_current_index(index);

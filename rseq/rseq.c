@@ -45,6 +45,10 @@ RSEQ_TLS struct rseq_abi *rseq_tls_area_;
 int rseq_index_limit_;
 static RSEQ_TLS enum rseq_owner thread_owner;
 static RSEQ_TLS enum rseq_owner owner_before_fake;
+// Fake-CPU mode: the fake CPU, and the one to move to after the next index read
+// (-1: none pending).
+static RSEQ_TLS int fake_cpu;
+static RSEQ_TLS int fake_migrate_to = -1;
 
 // Relaxed: these are statistics for tests, read after the threads were joined.
 static _Atomic uint64_t self_registered, self_unregistered;
@@ -166,6 +170,13 @@ int rseq_current_index_slow_(enum rseq_index index) {
     errno = ENOSYS;
     return -1;
   }
+  if (thread_owner == RSEQ_OWNER_FAKE && fake_migrate_to >= 0) {
+    // The read that rseq_fake_cpu_migrate_after_next_read() set up (the area held an
+    // out-of-range value so that the inline fast path came here).
+    int was = fake_cpu;
+    rseq_fake_cpu_set(fake_migrate_to);  // clears fake_migrate_to
+    return was;
+  }
   // Relaxed: the kernel writes these fields on return to user space; we only need a
   // value that was current at some point, and the section re-checks it.
   uint32_t v = index == RSEQ_INDEX_MM_CID ? __atomic_load_n(&a->mm_cid, __ATOMIC_RELAXED)
@@ -259,10 +270,26 @@ void rseq_fake_cpu_set(int cpu) {
     fprintf(stderr, "rseq_fake_cpu_set(%d): the thread is not in fake-CPU mode\n", cpu);
     abort();
   }
+  fake_cpu = cpu;
+  fake_migrate_to = -1;
   // Relaxed: only this thread reads its own area.
   __atomic_store_n(&a->cpu_id_start, (uint32_t)cpu, __ATOMIC_RELAXED);
   __atomic_store_n(&a->cpu_id, (uint32_t)cpu, __ATOMIC_RELAXED);
   __atomic_store_n(&a->mm_cid, (uint32_t)cpu, __ATOMIC_RELAXED);
+}
+
+void rseq_fake_cpu_migrate_after_next_read(int cpu) {
+  struct rseq_abi *a = thread_area;
+  if (!a || thread_owner != RSEQ_OWNER_FAKE) {
+    fprintf(stderr, "rseq_fake_cpu_migrate_after_next_read(%d): not in fake-CPU mode\n", cpu);
+    abort();
+  }
+  fake_migrate_to = cpu;
+  // An index no array has: the inline fast path of rseq_current_index() takes the slow
+  // path, which returns fake_cpu and moves. (A section would abort until then.)
+  // Relaxed: only this thread reads its own area.
+  __atomic_store_n(&a->cpu_id, (uint32_t)RSEQ_CPU_ID_UNINITIALIZED, __ATOMIC_RELAXED);
+  __atomic_store_n(&a->mm_cid, (uint32_t)RSEQ_CPU_ID_UNINITIALIZED, __ATOMIC_RELAXED);
 }
 
 int rseq_fake_cpu_exit(void) {

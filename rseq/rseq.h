@@ -118,6 +118,12 @@ void rseq_self_registration_counts(uint64_t *registered, uint64_t *unregistered)
 int rseq_fake_cpu_enter(void);
 void rseq_fake_cpu_set(int cpu);
 int rseq_fake_cpu_exit(void);
+// The thread's next index read (rseq_current_index) returns the current fake CPU, and
+// the thread is then on fake CPU `cpu`, as if the kernel had migrated it right after
+// that read. Plays, deterministically, a migration between a data structure's index
+// read and its section: code that derives its per-CPU pointer from one read and
+// checks the section against another commits on the wrong CPU's data.
+void rseq_fake_cpu_migrate_after_next_read(int cpu);
 
 // ---------------------------------------------------------------------------------
 // Critical-section primitives. Each runs one critical section on the per-CPU data of
