@@ -136,7 +136,9 @@ static void fork_child_workload(void) {
   CHECK(pid >= 0);
   if (pid == 0) {
     // The parent's other threads are gone; their locks were released by the atfork
-    // handlers. The child must be able to allocate and free freely.
+    // handlers. The child must be able to allocate and free freely. A lock left held
+    // would hang it: SIGALRM ends it after 30 s so the test fails promptly.
+    alarm(30);
     void *p[1000];
     for (int r = 0; r < 20; r++) {
       for (int i = 0; i < 1000; i++) {
@@ -150,6 +152,8 @@ static void fork_child_workload(void) {
   }
   int status;
   CHECK(waitpid(pid, &status, 0) == pid);
+  CHECK(!(WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM),
+        "fork child hung for 30 s allocating (a lock held across fork?)");
   CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "fork child failed: status %#x", status);
 }
 
