@@ -1,0 +1,90 @@
+// drain_fence_test: a remote drain must fence the CPU it drains. Thread A, pinned to
+// CPU a, mallocs and frees in a loop with a ~1 ms delay loop inside every push and pop
+// section (after the section has checked the `stopped` flag, before it stores). The
+// main thread, pinned to CPU b, drains a's cache ROUNDS times at random moments, so
+// nearly every drain lands while one of A's sections is inside its delay. The drain's
+// fence (membarrier) aborts that section, which retries and sees the drained cache. A
+// drain without the fence lets the old section commit into the cache it just emptied:
+// the count then covers blocks that went to the central lists, which
+// ccache_check_heap (or a double-free report) catches. A runs SCHED_FIFO when it may,
+// so that ordinary preemption rarely aborts its sections first.
+// Needs two CPUs and RSEQ mode; skips with the reason otherwise.
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "allocator/ccache.h"
+#include "rseq/testing.h"
+
+#define ROUNDS 100
+#define DELAY_LOOPS 3000000u  // ~1 ms of register-only loop inside each section
+
+static struct ccache_heap *heap;
+static int cpu_a, cpu_b;
+static _Atomic int running, stop;  // relaxed flags: A started / main is done
+static bool realtime;              // A runs SCHED_FIFO (written by A before `running`)
+static long cycles;                // A's malloc+free pairs (read after the join)
+
+static void *thread_a(void *arg) {
+  (void)arg;
+  CHECK(test_pin(cpu_a) == 0, "pin to cpu %d", cpu_a);
+  struct sched_param sp = {.sched_priority = 1};
+  realtime = pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp) == 0;
+  // Release: `realtime` is written before main reads it (after the acquire below).
+  atomic_store_explicit(&running, 1, memory_order_release);
+  while (!atomic_load_explicit(&stop, memory_order_relaxed)) {
+    void *p = ccache_malloc(heap, 64);
+    CHECK(p != NULL, "malloc(64), cycle %ld", cycles);
+    ccache_free(heap, p);
+    cycles++;
+  }
+  return NULL;
+}
+
+int main(int argc, char **argv) {
+  test_init(argc, argv);
+  int cpus[1024];
+  int n = test_allowed_cpus(cpus, 1024);
+  if (n < 2) test_skip("needs two allowed CPUs, has %d", n);
+  if (!rseq_inject_enabled()) test_skip("needs the inject variant of rseq");
+  cpu_a = cpus[0];
+  cpu_b = cpus[1];
+  struct ccache_options o = {.mode = RSEQ_MODE_RSEQ, .index = RSEQ_INDEX_CPU_ID};
+  heap = ccache_heap_create(&o);
+  if (!heap) test_skip("no RSEQ-mode heap: %s", rseq_unavailable_reason());
+  uint64_t seed = test_seed(1), rng = seed;
+  test_context("cpu_a=%d cpu_b=%d fence=%s seed=%lu", cpu_a, cpu_b, rseq_fence_method(),
+               (unsigned long)seed);
+  CHECK(test_pin(cpu_b) == 0, "pin to cpu %d", cpu_b);
+  rseq_inject_set_loops(1, DELAY_LOOPS);  // main runs no section until it resets this
+  pthread_t t;
+  CHECK(pthread_create(&t, NULL, thread_a, NULL) == 0);
+  while (!atomic_load_explicit(&running, memory_order_acquire)) sched_yield();
+  for (int round = 0; round < ROUNDS; round++) {
+    long us = 200 + (long)(test_rand(&rng) % 2000);
+    nanosleep(&(struct timespec){0, us * 1000}, NULL);
+    CHECK(ccache_drain_cpu(heap, cpu_a) == 0, "drain %d: errno %d", round, errno);
+  }
+  atomic_store_explicit(&stop, 1, memory_order_relaxed);
+  pthread_join(t, NULL);
+  rseq_inject_set_loops(1, 0);
+  CHECK(ccache_check_heap(heap) == 0,
+        "the heap is inconsistent after drains raced push/pop sections (see stderr): a drain "
+        "did not fence cpu %d", cpu_a);
+  struct ccache_stats st;
+  ccache_get_stats(heap, &st);
+  CHECK_EQ(st.in_use_bytes, 0);  // every block was freed
+  printf("ok: %d drains of cpu %d during %ld malloc/free pairs on it; A %s; %lu pop and %lu "
+         "push aborts\nPASS\n",
+         ROUNDS, cpu_a, cycles,
+         realtime ? "ran SCHED_FIFO" : "could not run SCHED_FIFO (not root?), so preemption may "
+                                        "abort its sections before a drain does",
+         (unsigned long)st.pop_aborts, (unsigned long)st.push_aborts);
+  ccache_heap_destroy(heap);
+  return 0;
+}
