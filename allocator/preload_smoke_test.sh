@@ -28,8 +28,14 @@ run() {  # name, then the command
   shift
   "$@" > "$tmp/$name.glibc" 2>/dev/null
   for mode in rseq cas; do
-    if ! CCACHE_MODE=$mode CCACHE_STATS=1 LD_PRELOAD="$lib" "$@" > "$tmp/$name.$mode" 2> "$tmp/$name.$mode.err"; then
-      echo "FAIL: $name (CCACHE_MODE=$mode) exited non-zero:"; cat "$tmp/$name.$mode.err"; fail=1; continue
+    # 30 s at most (a run takes ~1 s): a hang, say a lock held across fork, fails the
+    # test at once, with a message.
+    local rc=0
+    timeout -k 5 30 env CCACHE_MODE=$mode CCACHE_STATS=1 LD_PRELOAD="$lib" "$@" > "$tmp/$name.$mode" 2> "$tmp/$name.$mode.err" || rc=$?
+    if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+      echo "FAIL: $name (CCACHE_MODE=$mode) hung: killed after 30 s"; cat "$tmp/$name.$mode.err"; exit 1
+    elif [ $rc -ne 0 ]; then
+      echo "FAIL: $name (CCACHE_MODE=$mode) exited $rc:"; cat "$tmp/$name.$mode.err"; fail=1; continue
     fi
     if ! grep -q "ccache: process heap ($mode mode" "$tmp/$name.$mode.err"; then
       echo "FAIL: $name (CCACHE_MODE=$mode): libccache_malloc.so was not in charge:"; cat "$tmp/$name.$mode.err"; fail=1; continue
