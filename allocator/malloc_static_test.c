@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include "allocator/ccache.h"
@@ -94,11 +95,15 @@ int main(int argc, char **argv) {
   for (int i = 0; i < 4; i++) CHECK(pthread_create(&late[i], NULL, thread_work, NULL) == 0);
   pid_t pid = fork();
   if (pid == 0) {
+    alarm(30);  // a lock held across fork would hang the child: fail instead
     for (int i = 0; i < 1000; i++) free(malloc((size_t)i * 13 + 1));
     _exit(0);
   }
   int status;
-  CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  CHECK(waitpid(pid, &status, 0) == pid);
+  CHECK(!(WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM),
+        "fork child hung for 30 s in malloc/free (a lock held across fork?)");
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "fork child failed: status %#x", status);
   for (int i = 0; i < 4; i++) pthread_join(late[i], NULL);
   pthread_join(early, NULL);
   printf("ok: every entry of the malloc family, libc's strdup, threads started before and "
