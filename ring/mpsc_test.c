@@ -4,9 +4,12 @@
 //   - per producer and shard, sequence numbers arrive in increasing order (FIFO while a
 //     producer stays on one CPU);
 //   - the checksum of everything polled equals the checksum of everything offered;
-//   - the per-shard counters agree: offered == polled, summed over shards == items.
+//   - the per-shard counters agree: offered == polled, summed over shards == items;
+//   - progress: the consumer fails the test when nothing was polled for --stall-s
+//     seconds (60) while producers are still offering (a full check that never clears,
+//     e.g. one broken by wrap-around, would otherwise hang until Bazel's timeout).
 // Flags: --mode rseq|cas --index cpu|cid --producers N --items N --signal-us N
-//        --migrate-us N --capacity N --inject-loops N --seed S
+//        --migrate-us N --capacity N --inject-loops N --stall-s N --seed S
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
@@ -35,14 +38,17 @@ static struct {
   long migrate_us;
   size_t capacity;
   uint32_t inject_loops;
+  long stall_s;
   uint64_t seed;
-} opt = {RSEQ_MODE_RSEQ, RSEQ_INDEX_CPU_ID, 8, 200000, 100, 200, 256, 100, 1};
+} opt = {RSEQ_MODE_RSEQ, RSEQ_INDEX_CPU_ID, 8, 200000, 100, 200, 256, 100, 60, 1};
 
 static struct ring *ring;
 static int allowed[256], nallowed;
 static _Atomic int producer_tids[MAX_PRODUCERS];  // relaxed: the migrator only needs a tid
 static _Atomic int producers_done;                // release/acquire: their counts are final
 static _Atomic int stop_forcers;                  // relaxed: a stop request
+static _Atomic long producer_next[MAX_PRODUCERS];  // relaxed: progress, printed on a stall
+static _Atomic long producer_full[MAX_PRODUCERS];  // relaxed: RING_FULL answers, ditto
 
 // Per producer: what its signal handler offered. Written by the handler of that
 // producer only; read by the main thread after joining it.
@@ -75,8 +81,12 @@ static void *producer(void *arg) {
   for (long seq = 0; seq < opt.items; seq++) {
     uintptr_t item = make_item(id, seq);
     int r;
-    while ((r = ring_offer(ring, (void *)item)) == RING_FULL) sched_yield();
+    while ((r = ring_offer(ring, (void *)item)) == RING_FULL) {
+      atomic_fetch_add_explicit(&producer_full[id], 1, memory_order_relaxed);
+      sched_yield();
+    }
     CHECK(r == RING_OK, "producer %d: ring_offer returned %d", id, r);
+    atomic_store_explicit(&producer_next[id], seq + 1, memory_order_relaxed);
   }
   my_id = -1;  // the handler stops offering before we report our counts
   if (timer) test_thread_timer_stop(timer);
@@ -138,6 +148,7 @@ static void parse(int argc, char **argv) {
     else if (!strcmp(a, "--migrate-us")) opt.migrate_us = atol(v);
     else if (!strcmp(a, "--capacity")) opt.capacity = (size_t)atol(v);
     else if (!strcmp(a, "--inject-loops")) opt.inject_loops = (uint32_t)atol(v);
+    else if (!strcmp(a, "--stall-s")) opt.stall_s = atol(v);
     else if (!strcmp(a, "--seed")) opt.seed = strtoull(v, NULL, 0);
     else {
       fprintf(stderr, "unknown flag %s\n", a);
@@ -146,6 +157,34 @@ static void parse(int argc, char **argv) {
   }
   CHECK((int)opt.mode > 0 && (int)opt.index >= 0, "--mode rseq|cas --index cpu|cid");
   CHECK(opt.producers > 0 && opt.producers <= MAX_PRODUCERS);
+  CHECK(opt.stall_s > 0, "--stall-s must be positive");
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+// Called by the consumer when it has polled nothing for opt.stall_s seconds while
+// producers are still offering: prints where each producer stands, then fails.
+static void stalled(long polled, int nshards) {
+  fprintf(stderr, "stall: nothing polled for %ld s after %ld items while %d of %d producers "
+          "still offer:\n", opt.stall_s, polled,
+          opt.producers - atomic_load_explicit(&producers_done, memory_order_relaxed),
+          opt.producers);
+  for (int p = 0; p < opt.producers; p++)
+    fprintf(stderr, "  producer %d: next item %ld of %ld, RING_FULL answered %ld times\n", p,
+            atomic_load_explicit(&producer_next[p], memory_order_relaxed), opt.items,
+            atomic_load_explicit(&producer_full[p], memory_order_relaxed));
+  for (int c = 0; c < nshards; c++) {
+    struct ring_cpu_stats st;
+    ring_cpu_stats(ring, c, &st);
+    fprintf(stderr, "  shard %d: offered %lu polled %lu\n", c, (unsigned long)st.offered,
+            (unsigned long)st.polled);
+  }
+  CHECK(0, "no progress: producers see a full ring that the consumer finds empty, or "
+        "stopped offering (the full check or the wrap-around is broken)");
 }
 
 int main(int argc, char **argv) {
@@ -190,6 +229,8 @@ int main(int argc, char **argv) {
   uint64_t sum = 0;
   long polled = 0;
   bool all_done = false;
+  double empty_since = 0;         // when the current run of empty polls began
+  unsigned long empty_polls = 0;  // length of that run
   for (;;) {
     void *item;
     int shard;
@@ -199,8 +240,12 @@ int main(int argc, char **argv) {
       // items and handler counts are final by then).
       if (all_done) break;
       all_done = atomic_load_explicit(&producers_done, memory_order_acquire) == opt.producers;
+      if (empty_polls++ == 0) empty_since = now_s();
+      else if (empty_polls % 4096 == 0 && now_s() - empty_since > (double)opt.stall_s)
+        stalled(polled, nshards);
       continue;
     }
+    empty_polls = 0;
     CHECK(r == RING_OK, "ring_poll returned %d", r);
     uintptr_t v = (uintptr_t)item;
     int id = (int)(v >> 40);
