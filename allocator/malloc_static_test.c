@@ -11,7 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <signal.h>
 #include <unistd.h>
 
 #include "allocator/ccache.h"
@@ -95,15 +94,11 @@ int main(int argc, char **argv) {
   for (int i = 0; i < 4; i++) CHECK(pthread_create(&late[i], NULL, thread_work, NULL) == 0);
   pid_t pid = fork();
   if (pid == 0) {
-    alarm(30);  // a lock held across fork would hang the child: fail instead
+    alarm(TEST_FORK_CHILD_ALARM_S);  // a lock held across fork would hang the child: fail instead
     for (int i = 0; i < 1000; i++) free(malloc((size_t)i * 13 + 1));
     _exit(0);
   }
-  int status;
-  CHECK(waitpid(pid, &status, 0) == pid);
-  CHECK(!(WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM),
-        "fork child hung for 30 s in malloc/free (a lock held across fork?)");
-  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "fork child failed: status %#x", status);
+  test_wait_fork_child(pid, "in malloc/free");
   for (int i = 0; i < 4; i++) pthread_join(late[i], NULL);
   pthread_join(early, NULL);
   printf("ok: every entry of the malloc family, libc's strdup, threads started before and "
@@ -117,7 +112,7 @@ int main(int argc, char **argv) {
     char *envs[] = {env, NULL};
     char *args[] = {"--mode", (char *)modes[i], NULL};
     char out[4096];
-    status = test_run_self(args, envs, false, out, sizeof out);
+    int status = test_run_self(args, envs, false, out, sizeof out);
     printf("%s", out);
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "CCACHE_MODE=%s not honoured", modes[i]);
   }

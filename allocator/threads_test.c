@@ -14,7 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "allocator/ccache.h"
@@ -138,7 +137,7 @@ static void fork_child_workload(void) {
     // The parent's other threads are gone; their locks were released by the atfork
     // handlers. The child must be able to allocate and free freely. A lock left held
     // would hang it: SIGALRM ends it after 30 s so the test fails promptly.
-    alarm(30);
+    alarm(TEST_FORK_CHILD_ALARM_S);
     void *p[1000];
     for (int r = 0; r < 20; r++) {
       for (int i = 0; i < 1000; i++) {
@@ -150,11 +149,7 @@ static void fork_child_workload(void) {
     }
     _exit(0);
   }
-  int status;
-  CHECK(waitpid(pid, &status, 0) == pid);
-  CHECK(!(WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM),
-        "fork child hung for 30 s allocating (a lock held across fork?)");
-  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "fork child failed: status %#x", status);
+  test_wait_fork_child(pid, "allocating");
 }
 
 int main(int argc, char **argv) {

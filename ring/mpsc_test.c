@@ -160,12 +160,6 @@ static void parse(int argc, char **argv) {
   CHECK(opt.stall_s > 0, "--stall-s must be positive");
 }
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 // Called by the consumer when it has polled nothing for opt.stall_s seconds while
 // producers are still offering: prints where each producer stands, then fails.
 static void stalled(long polled, int nshards) {
@@ -240,8 +234,8 @@ int main(int argc, char **argv) {
       // items and handler counts are final by then).
       if (all_done) break;
       all_done = atomic_load_explicit(&producers_done, memory_order_acquire) == opt.producers;
-      if (empty_polls++ == 0) empty_since = now_s();
-      else if (empty_polls % 4096 == 0 && now_s() - empty_since > (double)opt.stall_s)
+      if (empty_polls++ == 0) empty_since = test_now_s();
+      else if (empty_polls % 4096 == 0 && test_now_s() - empty_since > (double)opt.stall_s)
         stalled(polled, nshards);
       continue;
     }

@@ -38,12 +38,6 @@ static intptr_t sum(const intptr_t *a) {
   return s;
 }
 
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 // Returns the number of rounds in which the old array changed after the fence.
 static long run(const char *label, int how /* 0 none, 1 all, 2 per cpu */, long *rounds_out) {
   int cpus[256];
@@ -53,8 +47,8 @@ static long run(const char *label, int how /* 0 none, 1 all, 2 per cpu */, long 
   for (int i = 0; i < nthreads; i++) CHECK(pthread_create(&t[i], NULL, worker, NULL) == 0);
   long rounds = 0, violations = 0;
   int cur = 0;
-  double end = now() + seconds;
-  while (now() < end) {
+  double end = test_now_s() + seconds;
+  while (test_now_s() < end) {
     int next = 1 - cur;
     // Release: the new target is visible before we fence (the kernel orders the rest).
     __atomic_store_n(&active, (intptr_t)arrays[next], __ATOMIC_RELEASE);

@@ -176,3 +176,17 @@ int test_thread_timer_start(void **timer, int signo, long period_us) {
 void test_thread_timer_stop(void *timer) { timer_delete((timer_t)timer); }
 
 int test_gettid(void) { return (int)syscall(SYS_gettid); }
+
+double test_now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void test_wait_fork_child(pid_t pid, const char *doing) {
+  int status;
+  CHECK(waitpid(pid, &status, 0) == pid, "waitpid: errno %d", errno);
+  CHECK(!(WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM),
+        "fork child hung for %d s %s (a lock held across fork?)", TEST_FORK_CHILD_ALARM_S, doing);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "fork child failed: status %#x", status);
+}

@@ -51,6 +51,15 @@ int test_thread_timer_start(void **timer, int signo, long period_us);
 void test_thread_timer_stop(void *timer);
 // The calling thread's kernel thread id.
 int test_gettid(void);
+// CLOCK_MONOTONIC in seconds.
+double test_now_s(void);
+
+// A forked child that may hang (a lock held across fork) calls
+// alarm(TEST_FORK_CHILD_ALARM_S) first; the parent then calls test_wait_fork_child,
+// which fails the test with `doing` in the message if the alarm ended the child, or
+// with its status if it did not exit 0.
+#define TEST_FORK_CHILD_ALARM_S 30
+void test_wait_fork_child(pid_t pid, const char *doing);
 
 // xorshift64*: deterministic per seed.
 static inline uint64_t test_rand(uint64_t *state) {

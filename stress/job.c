@@ -148,12 +148,6 @@ static void *worker_main(void *arg) {
   return NULL;
 }
 
-static double now_s(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
 static int section_used(const char *name) {
   for (const char *const *s = opt.work->sections; *s; s++)
     if (!strcmp(*s, name)) return 1;
@@ -339,22 +333,22 @@ static int run_job(const char *cgroup_cpus_file, void *unused) {
   rseq_section_counters_reset();  // after setup: only the rounds count
 
   forcers_start(&opt.force);
-  double t0 = now_s(), elapsed = 0;
+  double t0 = test_now_s(), elapsed = 0;
   int rounds = 0;
   for (;;) {
     rounds++;
     atomic_store_explicit(&round_stop, 0, memory_order_relaxed);
     for (int i = 0; i < opt.threads; i++)
       CHECK(pthread_create(&w[i].thread, NULL, worker_main, &w[i]) == 0);
-    double end = now_s() + (double)opt.round_ms / 1000;
-    while (now_s() < end) {
+    double end = test_now_s() + (double)opt.round_ms / 1000;
+    while (test_now_s() < end) {
       sig_ring_drain();
       nanosleep(&(struct timespec){0, 1000 * 1000}, NULL);
     }
     atomic_store_explicit(&round_stop, 1, memory_order_relaxed);
     for (int i = 0; i < opt.threads; i++) pthread_join(w[i].thread, NULL);
     opt.work->round_end(w, opt.threads);
-    elapsed = now_s() - t0;
+    elapsed = test_now_s() - t0;
     if (elapsed >= opt.seconds) break;
     if (opt.until_covered && elapsed >= opt.min_seconds && coverage_missing(NULL) == 0) break;
   }
