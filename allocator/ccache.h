@@ -9,11 +9,13 @@
 //   CCACHE_INDEX=cpu|cid        (default cpu)
 //   CCACHE_CPU_CACHE_BYTES=N    (per-CPU cache target, default 1 MiB)
 //   CCACHE_RESERVE_GB=N         (address space reserved for small blocks, default 64)
+//   CCACHE_RECLAIM_MS=N         (idle CPU caches are drained after N ms, default 1000;
+//                                0 turns the reclaim off)
 //
 // Errors: an OS refusal returns NULL with errno ENOMEM (the heap keeps working);
 // calloc overflow: NULL/ENOMEM; a bad alignment: EINVAL. Freeing a pointer the heap
 // never handed out, or freeing it twice, is reported on stderr with the address and
-// the process is aborted, in both modes.
+// the process is aborted, in both modes (internal.h says what cannot be caught).
 #ifndef CCACHE_ALLOCATOR_CCACHE_H_
 #define CCACHE_ALLOCATOR_CCACHE_H_
 
@@ -34,6 +36,11 @@ struct ccache_options {
   size_t cpu_cache_bytes;  // per-CPU cache target (0: 1 MiB); sets each class's capacity
   size_t reserve_bytes;    // address space for small blocks (0: 8 GiB)
   size_t release_threshold;  // free span bytes kept before madvise (0: 4 MiB)
+  // Idle reclaim: a CPU (or mm_cid) cache that has not changed for this long is drained
+  // back to the central lists. 0: never on its own (ccache_reclaim_idle() still works;
+  // the default for heap instances, whose tests replay exactly); > 0: checked from the
+  // slow paths at this interval. The process heap uses CCACHE_RECLAIM_MS (1000).
+  long reclaim_ms;
 };
 
 struct ccache_heap;
@@ -68,6 +75,10 @@ bool ccache_owns(struct ccache_heap *heap, const void *ptr);
 // 0, or -1 with errno EINVAL (cpu out of range) or the fence's errno.
 int ccache_drain_cpu(struct ccache_heap *heap, int cpu);
 int ccache_drain_all(struct ccache_heap *heap);
+// One idle-reclaim scan: drains every CPU (or mm_cid) cache that holds blocks and has
+// not changed since the previous scan (a pop, push or miss there changes it). Returns
+// how many were drained. The first scan only records what it sees.
+int ccache_reclaim_idle(struct ccache_heap *heap);
 
 struct ccache_class_stats {
   size_t size;          // block size
@@ -96,6 +107,7 @@ struct ccache_stats {
   uint64_t pop_aborts, push_aborts;
   uint64_t refills, drains;   // batches moved between CPU caches and central lists
   uint64_t os_failures;       // OS mappings refused (ENOMEM returned)
+  uint64_t reclaimed_regions; // idle CPU caches drained by the reclaim
 };
 
 // A consistent snapshot needs quiescence; concurrent use gives approximate numbers.

@@ -1,12 +1,42 @@
 // central.c: the central free lists, one per class, between the CPU caches and spans.
+// A class's free blocks are in its transfer cache (whole batches that move between CPU
+// caches with one copy, no span touched) or on the free list of their span. Refills
+// take from the transfer cache first, then from spans; overflows give to the transfer
+// cache while it has room, then back to the spans, which go back to the page heap
+// once entirely free.
 #include <stdlib.h>
 #include <string.h>
 
 #include "allocator/internal.h"
+#include "sanitizers/sanitizers.h"
 
-void central_init(struct ccache_heap *heap) {
+// Transfer cache capacity, in blocks: a few batches per class.
+#define TRANSFER_BATCHES 4
+
+int central_init(struct ccache_heap *heap) {
   memset(heap->central, 0, sizeof heap->central);
   for (unsigned s = 0; s < CENTRAL_STRIPES; s++) pthread_mutex_init(&heap->central_lock[s].lock, NULL);
+  size_t total = 0;
+  for (unsigned c = 0; c < CCACHE_NUM_CLASSES; c++) {
+    heap->central[c].transfer_cap = TRANSFER_BATCHES * heap->batch[c];
+    total += heap->central[c].transfer_cap;
+  }
+  heap->transfer_bytes = total * sizeof(void *);
+  heap->transfer_mem = os_map(heap->transfer_bytes);
+  if (!heap->transfer_mem) {
+    os_count_failure(heap);
+    return -1;
+  }
+  void **p = heap->transfer_mem;
+  for (unsigned c = 0; c < CCACHE_NUM_CLASSES; c++) {
+    heap->central[c].transfer = p;
+    p += heap->central[c].transfer_cap;
+  }
+  return 0;
+}
+
+void central_destroy(struct ccache_heap *heap) {
+  if (heap->transfer_mem) os_unmap(heap->transfer_mem, heap->transfer_bytes);
 }
 
 static void list_push(struct central *c, struct span *s) {
@@ -25,43 +55,53 @@ static void list_remove(struct central *c, struct span *s) {
   s->next = s->prev = NULL;
 }
 
-// Relaxed: the state byte of a block is only changed by whoever holds the block (the
-// central lock holder here), and read by the free path of the block's owner.
-static inline void set_state(struct span *s, uint32_t i, uint8_t v) {
-  __atomic_store_n(&s->state[i], v, __ATOMIC_RELAXED);
-}
-
-// The next BLOCK_CENTRAL block from the span's cursor on (nfree > 0, so there is one).
-// Relaxed loads, not memchr: the frees of the span's other blocks flip their bytes
-// concurrently, and a plain read of them would be a data race.
-static uint32_t find_central(const struct span *s) {
-  for (uint32_t k = 0, i = s->cursor; k < s->nobjs; k++, i = i + 1 == s->nobjs ? 0 : i + 1)
-    if (__atomic_load_n(&s->state[i], __ATOMIC_RELAXED) == BLOCK_CENTRAL) return i;
-  abort();  // nfree said there was one: the heap is corrupt
+// A new span: every block is free, with its cookie, on the span's free list (the
+// first block at the head, so refills hand out ascending addresses).
+static struct span *grow(struct ccache_heap *heap, unsigned cls) {
+  struct span *s = page_heap_alloc_small(heap, cls);
+  if (!s) return NULL;
+  void *next = NULL;
+  for (uint32_t i = s->nobjs; i-- > 0;) {
+    void *b = (void *)(s->start + (uintptr_t)i * s->obj_size);
+    block_set_word(b, 0, block_cookie(heap, b));
+    block_set_word(b, 1, (uint64_t)(uintptr_t)next);
+    next = b;
+  }
+  s->free = next;
+  s->nfree = s->nobjs;
+  // Free blocks are poisoned until handed out (ASan).
+  CCACHE_ASAN_POISON((void *)s->start, s->npages << PAGE_SHIFT);
+  return s;
 }
 
 int central_take(struct ccache_heap *heap, unsigned cls, void **out, int n) {
   struct central *c = &heap->central[cls];
   int got = 0;
+  // Guards this class's central list (see struct central).
   pthread_mutex_lock(central_lock_of(heap, cls));
+  // The transfer cache first: the most recently given blocks, as a stack.
+  int k = (int)c->ntransfer < n ? (int)c->ntransfer : n;
+  c->ntransfer -= (uint32_t)k;
+  memcpy(out, c->transfer + c->ntransfer, sizeof(void *) * (size_t)k);
+  got = k;
+  c->free_blocks -= (uint64_t)k;
   while (got < n) {
     struct span *s = c->nonempty;
     if (!s) {
       // Grow: a fresh span. page_lock nests inside the central lock (see internal.h).
-      s = page_heap_alloc_small(heap, cls);
+      s = grow(heap, cls);
       if (!s) break;  // the OS refused: return what we have (maybe nothing: ENOMEM)
       c->nspans++;
       c->total_blocks += s->nobjs;
       c->free_blocks += s->nobjs;
       list_push(c, s);
     }
-    while (got < n && s->nfree > 0) {
-      uint32_t i = find_central(s);
-      set_state(s, i, BLOCK_CACHED);
-      s->cursor = i + 1 == s->nobjs ? 0 : i + 1;
+    while (got < n && s->free) {
+      void *b = s->free;
+      s->free = (void *)(uintptr_t)block_word(b, 1);
       s->nfree--;
       c->free_blocks--;
-      out[got++] = (void *)(s->start + (uintptr_t)i * s->obj_size);
+      out[got++] = b;
     }
     if (s->nfree == 0) list_remove(c, s);
   }
@@ -69,25 +109,48 @@ int central_take(struct ccache_heap *heap, unsigned cls, void **out, int n) {
   return got;
 }
 
+// Back to its span's free list; an entirely free span goes back to the page heap once
+// the class keeps another span's worth of free blocks (memory then returns to the OS
+// past the page heap's threshold).
+static void give_to_span(struct ccache_heap *heap, struct central *c, void *b) {
+  struct span *s = span_of(heap, (uintptr_t)b);
+  block_set_word(b, 1, (uint64_t)(uintptr_t)s->free);
+  s->free = b;
+  if (s->nfree++ == 0) list_push(c, s);
+  c->free_blocks++;
+  if (s->nfree == s->nobjs && c->free_blocks >= 2 * (uint64_t)s->nobjs) {
+    list_remove(c, s);
+    c->nspans--;
+    c->total_blocks -= s->nobjs;
+    c->free_blocks -= s->nobjs;
+    page_heap_free_small(heap, s);
+  }
+}
+
 void central_give(struct ccache_heap *heap, unsigned cls, void *const *blocks, int n) {
   struct central *c = &heap->central[cls];
+  // Guards this class's central list (see struct central).
   pthread_mutex_lock(central_lock_of(heap, cls));
-  for (int k = 0; k < n; k++) {
-    uintptr_t p = (uintptr_t)blocks[k];
-    struct span *s = span_of(heap, p);
-    uint32_t i = span_index(s, p);
-    set_state(s, i, BLOCK_CENTRAL);
-    if (s->nfree++ == 0) list_push(c, s);
-    c->free_blocks++;
-    // An entirely free span goes back to the page heap once the class keeps another
-    // span's worth of free blocks: memory then returns to the OS past the threshold.
-    if (s->nfree == s->nobjs && c->free_blocks >= 2 * (uint64_t)s->nobjs) {
-      list_remove(c, s);
-      c->nspans--;
-      c->total_blocks -= s->nobjs;
-      c->free_blocks -= s->nobjs;
-      page_heap_free_small(heap, s);
-    }
-  }
+  int k = (int)(c->transfer_cap - c->ntransfer);
+  if (k > n) k = n;
+  memcpy(c->transfer + c->ntransfer, blocks, sizeof(void *) * (size_t)k);
+  c->ntransfer += (uint32_t)k;
+  c->free_blocks += (uint64_t)k;
+  for (int i = k; i < n; i++) give_to_span(heap, c, blocks[i]);
   pthread_mutex_unlock(central_lock_of(heap, cls));
+}
+
+// Empty the transfer caches into the spans (so that entirely free spans can go back):
+// ccache_release_free_memory and the idle reclaim.
+void central_flush_transfer(struct ccache_heap *heap) {
+  for (unsigned cls = 0; cls < CCACHE_NUM_CLASSES; cls++) {
+    struct central *c = &heap->central[cls];
+    pthread_mutex_lock(central_lock_of(heap, cls));
+    while (c->ntransfer) {
+      void *b = c->transfer[--c->ntransfer];
+      c->free_blocks--;
+      give_to_span(heap, c, b);
+    }
+    pthread_mutex_unlock(central_lock_of(heap, cls));
+  }
 }

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "allocator/internal.h"
+#include "rseq/slab.h"
 #include "sanitizers/sanitizers.h"
 
 // ---------------------------------------------------------------------------------
@@ -25,102 +26,170 @@ void ccache_report_bad_free(const struct ccache_heap *heap, const void *ptr, con
 }
 
 // ---------------------------------------------------------------------------------
-// The fast paths.
+// The fast paths. RSEQ mode: one inlined slab section each (ccache_malloc_pop,
+// ccache_free_push), retried in place after an abort. CAS mode and every miss (empty
+// or full cache, a stopped region, an index the area does not give yet) leave through
+// a call to cpu_cache.c.
 
-static void *refill_slow(struct ccache_heap *heap, unsigned cls);
-static void overflow_slow(struct ccache_heap *heap, unsigned cls, void *block);
+RSEQ_SLAB_DEFINE_POP(malloc_pop, ccache_malloc_pop)
+RSEQ_SLAB_DEFINE_PUSH(free_push, ccache_free_push)
 
-static inline void *hand_out(struct ccache_heap *heap, void *p) {
-  struct span *s = span_of(heap, (uintptr_t)p);
-  // Relaxed: the block is ours alone now; a later free by any thread reads this after
-  // the block reached it through the program's own synchronization.
-  __atomic_store_n(&s->state[span_index(s, (uintptr_t)p)], BLOCK_ALLOCATED, __ATOMIC_RELAXED);
-  CCACHE_ASAN_UNPOISON(p, s->obj_size);
-  CCACHE_MSAN_POISON(p, s->obj_size);  // a fresh block is uninitialized to the user
+static inline void *hand_out(struct ccache_heap *heap, void *p, unsigned cls) {
+  uint32_t size = heap->classes[cls + 1].size;
+  CCACHE_ASAN_UNPOISON(p, size);
+  block_set_word(p, 0, 0);  // no longer free: the cookie goes
+  CCACHE_MSAN_POISON(p, size);  // a fresh block is uninitialized to the user
+  (void)size;
   return p;
 }
 
-static inline void *small_alloc(struct ccache_heap *heap, unsigned cls) {
-  void *p = cpu_cache_pop(heap, cls);
+static inline unsigned class_of_size(size_t size) {
+  if (__builtin_expect(size <= 1024, 1)) return ccache_small_class_table[(size + 15) >> 4];
+  return ccache_size_to_class(size);
+}
+
+// The slow paths leave through tail calls, so the fast paths stay leaf functions that
+// save no register (and, built with -momit-leaf-frame-pointer, set up no frame). A
+// retry after an abort calls the fast path again: each section exists once in the
+// binary, at its one call site. malloc's retry asks for the class's own size, which
+// maps back to the class: only the class has to survive the section.
+
+// An abort, or an index the inline read could not give (the thread registers on the
+// way): again from the start.
+__attribute__((noinline)) static void *malloc_retry(struct ccache_heap *heap, unsigned long cls,
+                                                    bool aborted) {
+  if (aborted) {
+    RSEQ_SLAB_COUNT_ABORT(ccache_malloc_pop);
+    atomic_fetch_add_explicit(&heap->pop_aborts, 1, memory_order_relaxed);
+  } else {
+    struct rseq_abi *area;
+    cpu_cache_read_index(heap, &area);
+  }
+  return ccache_malloc(heap, heap->classes[cls + 1].size);
+}
+
+// The cache of this class is empty (or stopped by a remote drain), or the heap is in
+// CAS mode.
+__attribute__((noinline)) static void *malloc_miss(struct ccache_heap *heap, unsigned long cls) {
+  void *p = NULL;
+  if (heap->mode.mode == RSEQ_MODE_CAS) p = cpu_cache_pop_cas(heap, (unsigned)cls);
+  if (!p) p = cpu_cache_refill(heap, (unsigned)cls);
   if (__builtin_expect(p == NULL, 0)) {
-    p = refill_slow(heap, cls);
-    if (!p) {
-      errno = ENOMEM;
-      return NULL;
-    }
+    errno = ENOMEM;
+    return NULL;
   }
-  return hand_out(heap, p);
+  return hand_out(heap, p, (unsigned)cls);
 }
 
-void *ccache_malloc(struct ccache_heap *heap, size_t size) {
-  if (__builtin_expect(size <= CCACHE_MAX_SMALL, 1)) return small_alloc(heap, ccache_size_to_class(size));
-  return large_alloc(heap, size, 0);
+// Not inlined: ccache_malloc_pop must exist once in the binary (one call site).
+__attribute__((noinline)) void *ccache_malloc(struct ccache_heap *heap, size_t size) {
+  if (__builtin_expect(size > CCACHE_MAX_SMALL, 0)) return large_alloc(heap, size, 0);
+  unsigned long cls = class_of_size(size);
+  if (__builtin_expect(heap->mode.mode != RSEQ_MODE_RSEQ, 0)) return malloc_miss(heap, cls);
+  struct rseq_abi *area = rseq_tls_area_;
+  if (__builtin_expect(area == NULL, 0)) return malloc_retry(heap, cls, false);
+  uint32_t *idx = rseq_index_field(area, heap->index_off);
+  // Relaxed: the kernel writes the field on return to user space; any current value
+  // will do, since the section compares it again.
+  uint32_t cpu = __atomic_load_n(idx, __ATOMIC_RELAXED);
+  if (__builtin_expect(cpu >= (uint32_t)heap->ncpus, 0)) return malloc_retry(heap, cls, false);
+  intptr_t item;
+  int r = malloc_pop(area, idx, heap->mode.index, (int)cpu,
+                     heap->regions + ((size_t)cpu << RSEQ_SLAB_SHIFT), cls, &item);
+  if (__builtin_expect(r == RSEQ_ABORT, 0)) return malloc_retry(heap, cls, true);
+  if (__builtin_expect(r == RSEQ_CMPFAIL, 0)) return malloc_miss(heap, cls);
+  return hand_out(heap, (void *)item, (unsigned)cls);
 }
 
-// The span of a small block being freed, after checking that ptr is the start of a
-// block of this heap that is handed out; flips its state to BLOCK_CACHED.
-static inline struct span *claim_freed_block(struct ccache_heap *heap, void *ptr) {
-  uintptr_t a = (uintptr_t)ptr;
-  struct span *s = span_of(heap, a);
-  if (__builtin_expect(!s || s->kind != SPAN_SMALL, 0))
-    ccache_report_bad_free(heap, ptr, "invalid free (no block of this heap there)");
-  uint32_t i;
-  if (__builtin_expect(!span_block_start(s, a, &i), 0))
-    ccache_report_bad_free(heap, ptr, "invalid free (not the start of a block)");
-#ifdef CCACHE_NO_FREE_CHECKS
-  // Benchmark-only variant (//allocator:libccache_malloc_nocheck.so): the state still
-  // moves, unchecked, so the cost of the double-free check can be measured.
-  __atomic_store_n(&s->state[i], BLOCK_CACHED, __ATOMIC_RELAXED);
-#else
-  // Relaxed exchange: atomic, so of two racing frees of one block exactly one sees
-  // BLOCK_ALLOCATED; ordering comes from the cache push or the central lock after it.
-  uint8_t old = __atomic_exchange_n(&s->state[i], BLOCK_CACHED, __ATOMIC_RELAXED);
-  if (__builtin_expect(old != BLOCK_ALLOCATED, 0))
-    ccache_report_bad_free(heap, ptr, "double free (or free of a block never handed out)");
-#endif
-  return s;
-}
-
-void ccache_free(struct ccache_heap *heap, void *ptr) {
+__attribute__((noinline, cold)) static void free_not_small(struct ccache_heap *heap, void *ptr) {
   if (!ptr) return;
-  if (__builtin_expect((uintptr_t)ptr - heap->base < heap->reserve_bytes, 1)) {
-    struct span *s = claim_freed_block(heap, ptr);
-    CCACHE_ASAN_POISON(ptr, s->obj_size);  // use-after-free of a cached block is caught
-    if (__builtin_expect(!cpu_cache_push(heap, s->cls, ptr), 0)) overflow_slow(heap, s->cls, ptr);
-    return;
-  }
+  if ((uintptr_t)ptr - heap->ignore_start < heap->ignore_bytes) return;
   if (!large_free(heap, ptr))
     ccache_report_bad_free(heap, ptr, "invalid or double free (no live block of this heap there)");
 }
 
-// ---------------------------------------------------------------------------------
-// Slow paths.
-
-// The CPU cache of this class is empty (or stopped): a batch from the central list;
-// one block for the caller, the rest into the cache.
-static void *refill_slow(struct ccache_heap *heap, unsigned cls) {
-  void *batch[128];
-  int want = (int)heap->batch[cls] + 1;
-#if CCACHE_SEEDED_BUG == 3  // test-only variant (ci/fuzz-teeth): CAS mode refills differ
-  if (heap->mode.mode == RSEQ_MODE_CAS) want++;
-#endif
-  int n = central_take(heap, cls, batch, want);
-  if (n == 0) return NULL;
-  atomic_fetch_add_explicit(&heap->refills, 1, memory_order_relaxed);
-  int k = 1;
-  while (k < n && cpu_cache_push(heap, cls, batch[k])) k++;
-  if (k < n) central_give(heap, cls, batch + k, n - k);  // full or stopped: back
-  return batch[0];
+// An abort, or an index the inline read could not give (the thread registers on the
+// way): again from the start. The block is still ours: take the cookie back first, or
+// the check would call this a double free.
+__attribute__((noinline)) static void free_retry(struct ccache_heap *heap, void *ptr, bool aborted) {
+  if (aborted) {
+    RSEQ_SLAB_COUNT_ABORT(ccache_free_push);
+    atomic_fetch_add_explicit(&heap->push_aborts, 1, memory_order_relaxed);
+  } else {
+    struct rseq_abi *area;
+    cpu_cache_read_index(heap, &area);
+  }
+  block_set_word(ptr, 0, 0);
+  ccache_free(heap, ptr);
 }
 
-// The CPU cache of this class is full (or stopped): move a batch of it, and the block
-// being freed, to the central list.
-static void overflow_slow(struct ccache_heap *heap, unsigned cls, void *block) {
-  void *batch[129];
-  int n = cpu_cache_pop_batch(heap, cls, batch, (int)heap->batch[cls]);
-  batch[n++] = block;
-  central_give(heap, cls, batch, n);
-  atomic_fetch_add_explicit(&heap->drains, 1, memory_order_relaxed);
+// The cache of this class is full (or stopped by a remote drain), or the heap is in
+// CAS mode.
+__attribute__((noinline)) static void free_miss(struct ccache_heap *heap, void *ptr,
+                                                unsigned long cls) {
+  if (heap->mode.mode == RSEQ_MODE_CAS && cpu_cache_push_cas(heap, (unsigned)cls, ptr)) return;
+  cpu_cache_overflow(heap, (unsigned)cls, ptr);
+}
+
+// Reports a rejected free (and stops the process) unless `what` is NULL. Not static
+// and not noreturn: the compiler cannot tell that it does not return, so the fast path
+// reaches it with a tail call and needs no frame of its own.
+__attribute__((noinline, cold)) void ccache_free_rejected(struct ccache_heap *heap, void *ptr,
+                                                          const char *what) {
+  if (!what) return;
+  if (!strcmp(what, "invalid")) {  // say which check failed
+    uintptr_t off = (uintptr_t)ptr - heap->base;
+    what = __atomic_load_n(&heap->class_of_page[off >> PAGE_SHIFT], __ATOMIC_RELAXED)
+               ? "invalid free (not the start of a block)"
+               : "invalid free (no block of this heap there)";
+  }
+  ccache_report_bad_free(heap, ptr, what);
+}
+
+// Not inlined: ccache_free_push must exist once in the binary (one call site).
+__attribute__((noinline)) void ccache_free(struct ccache_heap *heap, void *ptr) {
+  uintptr_t off = (uintptr_t)ptr - heap->base;  // NULL and large blocks fall outside
+  if (__builtin_expect(off >= heap->reserve_bytes, 0)) return free_not_small(heap, ptr);
+  int c = block_class(heap, off);
+  if (__builtin_expect(c < 0, 0))
+    return ccache_free_rejected(heap, ptr, "invalid");
+  unsigned long cls = (unsigned)c;
+  uint64_t cookie = block_cookie(heap, ptr);
+#ifndef CCACHE_NO_FREE_CHECKS
+  if (__builtin_expect(block_word(ptr, 0) == cookie, 0))
+    return ccache_free_rejected(heap, ptr, "double free (or free of a block never handed out)");
+#endif
+  block_set_word(ptr, 0, cookie);
+  CCACHE_ASAN_POISON(ptr, heap->classes[cls + 1].size);  // use-after-free is caught
+  if (__builtin_expect(heap->mode.mode != RSEQ_MODE_RSEQ, 0)) return free_miss(heap, ptr, cls);
+  struct rseq_abi *area = rseq_tls_area_;
+  if (__builtin_expect(area == NULL, 0)) return free_retry(heap, ptr, false);
+  uint32_t *idx = rseq_index_field(area, heap->index_off);
+  // Relaxed: as in ccache_malloc.
+  uint32_t cpu = __atomic_load_n(idx, __ATOMIC_RELAXED);
+  if (__builtin_expect(cpu >= (uint32_t)heap->ncpus, 0)) return free_retry(heap, ptr, false);
+  int r = free_push(area, idx, heap->mode.index, (int)cpu,
+                    heap->regions + ((size_t)cpu << RSEQ_SLAB_SHIFT), cls, (intptr_t)ptr);
+  if (__builtin_expect(r == RSEQ_ABORT, 0)) return free_retry(heap, ptr, true);
+  if (__builtin_expect(r == RSEQ_CMPFAIL, 0)) return free_miss(heap, ptr, cls);
+}
+
+void ccache_ignore_frees(struct ccache_heap *heap, const void *start, size_t bytes) {
+  heap->ignore_start = (uintptr_t)start;
+  heap->ignore_bytes = bytes;
+}
+
+extern __typeof(ccache_malloc) ccache_malloc_local __attribute__((alias("ccache_malloc")));
+extern __typeof(ccache_free) ccache_free_local __attribute__((alias("ccache_free")));
+
+// A small block of this heap that is handed out: its class; else the process stops
+// with a report (`what` says which call).
+static unsigned live_small_block(struct ccache_heap *heap, const void *ptr, const char *not_ours,
+                                 const char *not_allocated) {
+  int cls = block_class(heap, (uintptr_t)ptr - heap->base);
+  if (cls < 0) ccache_report_bad_free(heap, ptr, not_ours);
+  if (block_is_free(heap, ptr)) ccache_report_bad_free(heap, ptr, not_allocated);
+  return (unsigned)cls;
 }
 
 void ccache_free_sized(struct ccache_heap *heap, void *ptr, size_t size) {
@@ -128,8 +197,8 @@ void ccache_free_sized(struct ccache_heap *heap, void *ptr, size_t size) {
   if ((uintptr_t)ptr - heap->base < heap->reserve_bytes) {
     // A block may sit in a larger class than its size maps to (aligned allocations),
     // so the size can only be checked against the block's size.
-    struct span *s = span_of(heap, (uintptr_t)ptr);
-    if (s && s->kind == SPAN_SMALL && size > s->obj_size)
+    int cls = block_class(heap, (uintptr_t)ptr - heap->base);
+    if (cls >= 0 && size > heap->classes[cls + 1].size)
       ccache_report_bad_free(heap, ptr, "sized free with a size larger than the block");
   } else if (large_usable_size(heap, ptr) < size) {
     ccache_report_bad_free(heap, ptr, "sized free with a size larger than the block");
@@ -141,14 +210,9 @@ size_t ccache_malloc_usable_size(struct ccache_heap *heap, const void *ptr) {
   if (!ptr) return 0;
   uintptr_t a = (uintptr_t)ptr;
   if (a - heap->base < heap->reserve_bytes) {
-    struct span *s = span_of(heap, a);
-    if (!s || s->kind != SPAN_SMALL)
-      ccache_report_bad_free(heap, ptr, "malloc_usable_size of a pointer this heap does not own");
-    uint32_t i;
-    if (!span_block_start(s, a, &i) ||
-        __atomic_load_n(&s->state[i], __ATOMIC_RELAXED) != BLOCK_ALLOCATED)
-      ccache_report_bad_free(heap, ptr, "malloc_usable_size of a block that is not allocated");
-    return s->obj_size;
+    unsigned cls = live_small_block(heap, ptr, "malloc_usable_size of a pointer this heap does not own",
+                                    "malloc_usable_size of a block that is not allocated");
+    return heap->classes[cls + 1].size;
   }
   size_t n = large_usable_size(heap, ptr);
   if (!n) ccache_report_bad_free(heap, ptr, "malloc_usable_size of a pointer this heap does not own");
@@ -157,13 +221,8 @@ size_t ccache_malloc_usable_size(struct ccache_heap *heap, const void *ptr) {
 
 bool ccache_owns(struct ccache_heap *heap, const void *ptr) {
   uintptr_t a = (uintptr_t)ptr;
-  if (a - heap->base < heap->reserve_bytes) {
-    struct span *s = span_of(heap, a);
-    if (!s || s->kind != SPAN_SMALL) return false;
-    uint32_t i;
-    return span_block_start(s, a, &i) &&
-           __atomic_load_n(&s->state[i], __ATOMIC_RELAXED) == BLOCK_ALLOCATED;
-  }
+  if (a - heap->base < heap->reserve_bytes)
+    return block_class(heap, a - heap->base) >= 0 && !block_is_free(heap, ptr);
   return ptr && large_usable_size(heap, ptr) != 0;
 }
 
@@ -218,7 +277,7 @@ void *ccache_aligned_alloc(struct ccache_heap *heap, size_t alignment, size_t si
     size_t want = size > alignment ? size : alignment;
     size_t p2 = (size_t)1 << (64 - __builtin_clzll((unsigned long long)want - 1));
     if (want == 1) p2 = 1;
-    if (p2 <= CCACHE_MAX_SMALL) return small_alloc(heap, ccache_size_to_class(p2));
+    if (p2 <= CCACHE_MAX_SMALL) return ccache_malloc(heap, p2);  // a power-of-two class
   }
   return large_alloc(heap, size, alignment);
 }
@@ -294,7 +353,10 @@ void ccache_get_stats(struct ccache_heap *heap, struct ccache_stats *out) {
   uint64_t meta = heap->meta_bytes;
   pthread_mutex_unlock(&heap->meta_lock);
   out->in_use_bytes += out->large_bytes;
-  out->os_bytes = committed + large_mapped + meta + heap->regions_bytes;
+  out->os_bytes = committed + large_mapped + meta + heap->regions_bytes + heap->transfer_bytes;
+  pthread_mutex_lock(&heap->reclaim_lock);
+  out->reclaimed_regions = heap->reclaimed_regions;
+  pthread_mutex_unlock(&heap->reclaim_lock);
   out->pop_aborts = atomic_load_explicit(&heap->pop_aborts, memory_order_relaxed);
   out->push_aborts = atomic_load_explicit(&heap->push_aborts, memory_order_relaxed);
   out->refills = atomic_load_explicit(&heap->refills, memory_order_relaxed);
@@ -309,16 +371,32 @@ void ccache_get_stats(struct ccache_heap *heap, struct ccache_stats *out) {
     rc = -1;                               \
   } while (0)
 
+// A free-marked block seen in a list must be a block start of class cls.
+static void check_free_block(struct ccache_heap *heap, unsigned cls, const void *b,
+                             const char *where, int *rc) {
+  uintptr_t off = (uintptr_t)b - heap->base;
+  int c = off < heap->reserve_bytes ? block_class(heap, off) : -1;
+  if (c != (int)cls) {
+    fprintf(stderr, "ccache_check_heap: %s of class %u holds %p, a block of class %d\n", where, cls, b, c);
+    *rc = -1;
+  } else if (!block_is_free(heap, b)) {
+    fprintf(stderr, "ccache_check_heap: %s of class %u holds %p without its free cookie\n", where, cls, b);
+    *rc = -1;
+  }
+}
+
 int ccache_check_heap(struct ccache_heap *heap) {
   int rc = 0;
-  uint64_t central_seen[CCACHE_NUM_CLASSES] = {0}, cached_seen[CCACHE_NUM_CLASSES] = {0};
+  uint64_t marked[CCACHE_NUM_CLASSES] = {0}, on_spans[CCACHE_NUM_CLASSES] = {0};
   uint64_t spans_seen[CCACHE_NUM_CLASSES] = {0};
+  void *items[256];  // a class's capacity is at most 128
   for (unsigned s = 0; s < CENTRAL_STRIPES; s++) pthread_mutex_lock(&heap->central_lock[s].lock);
   pthread_mutex_lock(&heap->page_lock);
   size_t pages = heap->frontier >> PAGE_SHIFT;
   for (size_t pg = 0; pg < pages;) {
     struct span *s = heap->span_of_page[pg];
-    if (!s) {
+    if (!s || s->kind != SPAN_SMALL) {
+      if (heap->class_of_page[pg] != 0) FAIL_CHECK("page %zu: no small span, class word %#lx", pg, (unsigned long)heap->class_of_page[pg]);
       pg++;
       continue;
     }
@@ -327,31 +405,44 @@ int ccache_check_heap(struct ccache_heap *heap) {
       pg++;
       continue;
     }
-    if (s->kind == SPAN_SMALL) {
-      for (size_t k = 1; k < s->npages; k++)
-        if (heap->span_of_page[pg + k] != s) FAIL_CHECK("span %p: page %zu unmapped", (void *)s, k);
-      uint32_t central = 0, cached = 0;
-      for (uint32_t i = 0; i < s->nobjs; i++) {
-        uint8_t st = __atomic_load_n(&s->state[i], __ATOMIC_RELAXED);
-        if (st == BLOCK_CENTRAL) central++;
-        else if (st == BLOCK_CACHED) cached++;
-        else if (st != BLOCK_ALLOCATED) FAIL_CHECK("span %p block %u: state %u", (void *)s, i, st);
-      }
-      if (central != s->nfree) FAIL_CHECK("span %p class %u: nfree %u, %u blocks central", (void *)s, s->cls, s->nfree, central);
-      central_seen[s->cls] += central;
-      cached_seen[s->cls] += cached;
-      spans_seen[s->cls]++;
+    uint64_t word = (uint64_t)(s->start - heap->base) | (s->cls + 1);
+    for (size_t k = 0; k < s->npages; k++) {
+      if (heap->span_of_page[pg + k] != s) FAIL_CHECK("span %p: page %zu unmapped", (void *)s, k);
+      if (heap->class_of_page[pg + k] != word) FAIL_CHECK("span %p: page %zu class word %#lx, want %#lx", (void *)s, k, (unsigned long)heap->class_of_page[pg + k], (unsigned long)word);
     }
+    uint32_t free_marked = 0;
+    for (uint32_t i = 0; i < s->nobjs; i++)
+      free_marked += block_is_free(heap, (void *)(s->start + (uintptr_t)i * s->obj_size));
+    uint32_t listed = 0;
+    for (void *b = s->free; b && listed <= s->nobjs; b = (void *)(uintptr_t)block_word(b, 1)) {
+      if ((uintptr_t)b < s->start || (uintptr_t)b >= s->start + (s->npages << PAGE_SHIFT)) {
+        FAIL_CHECK("span %p: free list holds %p, outside the span", (void *)s, b);
+        break;
+      }
+      check_free_block(heap, s->cls, b, "a span free list", &rc);
+      listed++;
+    }
+    if (listed != s->nfree) FAIL_CHECK("span %p class %u: nfree %u, %u blocks on its free list", (void *)s, s->cls, s->nfree, listed);
+    marked[s->cls] += free_marked;
+    on_spans[s->cls] += s->nfree;
+    spans_seen[s->cls]++;
     pg += s->npages;
   }
   pthread_mutex_unlock(&heap->page_lock);
   for (unsigned c = 0; c < CCACHE_NUM_CLASSES; c++) {
     struct central *ce = &heap->central[c];
-    if (ce->free_blocks != central_seen[c]) FAIL_CHECK("class %u: central count %lu, %lu blocks central", c, (unsigned long)ce->free_blocks, (unsigned long)central_seen[c]);
+    for (uint32_t k = 0; k < ce->ntransfer; k++) check_free_block(heap, c, ce->transfer[k], "the transfer cache", &rc);
+    if (ce->free_blocks != ce->ntransfer + on_spans[c]) FAIL_CHECK("class %u: central count %lu, %u in the transfer cache + %lu on spans", c, (unsigned long)ce->free_blocks, ce->ntransfer, (unsigned long)on_spans[c]);
     if (ce->nspans != spans_seen[c]) FAIL_CHECK("class %u: %lu spans counted, %lu found", c, (unsigned long)ce->nspans, (unsigned long)spans_seen[c]);
     uint64_t in_caches = 0;
-    for (int cpu = 0; cpu < heap->ncpus; cpu++) in_caches += cpu_cache_count(heap, cpu, c);
-    if (in_caches != cached_seen[c]) FAIL_CHECK("class %u: %lu blocks in CPU caches, %lu marked cached", c, (unsigned long)in_caches, (unsigned long)cached_seen[c]);
+    for (int cpu = 0; cpu < heap->ncpus; cpu++) {
+      int n = cpu_cache_items(heap, cpu, c, items);
+      for (int k = 0; k < n; k++) check_free_block(heap, c, items[k], "a CPU cache", &rc);
+      in_caches += (uint64_t)n;
+    }
+    // Every free-marked block is in exactly one place: a CPU cache, the transfer cache
+    // or its span's free list.
+    if (marked[c] != in_caches + ce->ntransfer + on_spans[c]) FAIL_CHECK("class %u: %lu blocks marked free, %lu in CPU caches + %u transfer + %lu on spans", c, (unsigned long)marked[c], (unsigned long)in_caches, ce->ntransfer, (unsigned long)on_spans[c]);
   }
   for (unsigned s = CENTRAL_STRIPES; s-- > 0;) pthread_mutex_unlock(&heap->central_lock[s].lock);
   return rc;

@@ -10,35 +10,60 @@
 //   +--------+--------+--------+--------+-----------------------------------+
 //   ^ base   pages of 8 KiB; committed in 2 MiB chunks from the front
 //
-//   page map: span_of_page[(addr - base) >> 13] -> struct span * (out of band)
+//   two page maps, indexed by (addr - base) >> 13, out of band:
+//     span_of_page[p]  struct span *   (slow paths: central lists, page heap, checks)
+//     class_of_page[p] u64: the span's start offset from base | (class + 1), 0 when
+//                      the page holds no small span. The free fast path needs only
+//                      this word: class, and the block-start check against the span.
 //
 //   span (class c): pages cut into blocks of class_size(c), nothing else in them:
 //   +---------+---------+---------+-- ... --+---------+-------+
 //   | block 0 | block 1 | block 2 |         | block n | tail  |
 //   +---------+---------+---------+-- ... --+---------+-------+
-//   span metadata (out of band, in the metadata arena):
-//     state[n]    one byte per block: BLOCK_ALLOCATED, BLOCK_CACHED or BLOCK_CENTRAL
 //
-//   CPU caches: one region per CPU (cpu_id or mm_cid), stride bytes apart
-//   RSEQ mode:  | stopped | {count, cap} x 96 classes | slots of class 0 | class 1 | ...
-//   CAS mode:   | stopped | {top 16 B, cap} x 96      | 16-byte slots of class 0 | ...
+//   a free block (in a CPU cache, the transfer cache or its span's free list):
+//   +---------------------------+---------------------------+-- ...
+//   | word 0: cookie(address)   | word 1: span free-list link|
+//   +---------------------------+---------------------------+-- ...
+//   cookie(a) = a ^ heap->cookie_secret (a random per-heap key with bit 63 set, so no
+//   cookie is 0 or a user-space pointer). Hand-out clears word 0; free checks it and
+//   writes it. Both touch only the block's own first line, which the CPU that frees or
+//   allocates the block is about to use anyway: nothing on the fast path is shared
+//   between CPUs.
+//
+//   CPU caches: one region per CPU (cpu_id or mm_cid), each a per-CPU slab
+//   RSEQ mode:  rseq/slab.h's layout: | spare | misses | {cur, begin, end} x 96 | slots |
+//               regions are RSEQ_SLAB_BYTES apart
+//   CAS mode:   | spare | misses | {top 16 B, cap} x 96 | 16-byte slots of class 0 | ...
+//               regions are `stride` apart
 //
 //   large blocks (> 256 KiB, or alignment > 8 KiB): their own mmap, found in a hash
 //   table by address.
 //
-// Where a block can be
-// --------------------
-//   handed out     state[i] == BLOCK_ALLOCATED
-//   in a CPU cache state[i] == BLOCK_CACHED, its address in a slot below a count
-//                  (or taken by a thread between a central batch and a cache push)
-//   in central     state[i] == BLOCK_CENTRAL (span->nfree counts them)
-// Every block of a span is in exactly one of these places. A free checks and flips
-// the state byte first (an atomic exchange ALLOCATED -> CACHED), so a double free or
-// the free of an interior or foreign pointer is reported before it reaches any list.
+// Where a small block can be
+// --------------------------
+//   handed out        word 0 is anything but cookie(address) (the user owns the block)
+//   in a CPU cache    word 0 == cookie; its address in a slab slot below cur
+//                     (or held by a thread between a central batch and a cache push)
+//   in central        word 0 == cookie; in its class's transfer cache, or on its
+//                     span's free list (span->nfree counts them)
+// Every block of a span is in exactly one of these places. A new span writes the
+// cookie into every block (they are all free), so a free of a block never handed out
+// is caught like a double free.
+//
+// The free checks, in order: the page holds a small span (class_of_page), the address
+// is a block start in it (offset divisible by the class size, below the last block),
+// and word 0 is not the cookie (a double free). Only a user who stores exactly
+// cookie(address) at the start of a live block defeats the last check; the key is
+// random per heap. Not caught: two threads freeing the same block at the same instant
+// (both may read word 0 before either writes it). A double free by one thread, or by
+// threads already ordered by the program (the second free happens after the first), is
+// always caught, as long as no malloc handed the block out again in between.
 //
 // Locks (each with its reason at the declaration); order, outermost first:
-//   heap->drain_lock -> central_lock[stripe] -> heap->page_lock ; large_lock alone;
-//   heap->meta_lock is a leaf. fork() takes all of them (atfork handlers).
+//   heap->reclaim_lock -> heap->drain_lock -> central_lock[stripe] -> heap->page_lock;
+//   large_lock alone; heap->meta_lock is a leaf. fork() takes all of them (atfork
+//   handlers).
 #ifndef CCACHE_ALLOCATOR_INTERNAL_H_
 #define CCACHE_ALLOCATOR_INTERNAL_H_
 
@@ -57,8 +82,6 @@
 #define CHUNK_SIZE ((size_t)2 << 20)  // commit granularity
 #define CACHELINE 64
 
-// A block's state byte: where it is (see "Where a block can be").
-enum { BLOCK_CENTRAL = 0, BLOCK_ALLOCATED = 1, BLOCK_CACHED = 2 };
 enum span_kind { SPAN_FREE = 0, SPAN_SMALL = 1 };
 
 struct span {
@@ -69,20 +92,28 @@ struct span {
   unsigned cls;       // SPAN_SMALL only
   uint32_t obj_size;
   uint32_t nobjs;
-  uint64_t magic;     // ceil(2^40 / obj_size): index = (offset * magic) >> 40, exact here
-  uint32_t nfree;     // blocks in BLOCK_CENTRAL state
-  uint32_t cursor;    // where the next central scan for a BLOCK_CENTRAL byte starts
-  uint8_t *state;     // [nobjs], BLOCK_*; written with relaxed atomics
+  uint32_t nfree;     // blocks on `free`
+  void *free;         // free blocks in this span, linked through their word 1
   struct span *next, *prev;  // central list of its class, or a page-heap free list
   struct span *meta_next;    // the metadata arena's recycle list
+};
+
+// What the free fast path needs of a class, indexed by class + 1 (entry 0 belongs to
+// no class: every check against it fails). 8 bytes, so that an entry is one scaled
+// index away; the divisibility constants are in their own table (class_div_magic).
+struct class_info {
+  uint32_t blocks_bytes;  // nobjs * size in a span: every block start lies below
+  uint32_t size;
 };
 
 // The central list of one class. Guarded by heap->central_lock[cls % CENTRAL_STRIPES]:
 // refills and drains of many CPUs meet here. Striped, not one lock per class, so that
 // fork handlers (and TSan, which tracks at most 64 held locks) hold few locks.
 struct central {
-  struct span *nonempty;  // spans with nfree > 0
-  uint64_t free_blocks;   // sum of nfree
+  void **transfer;         // whole batches moved between CPU caches, no span touched
+  uint32_t ntransfer, transfer_cap;
+  struct span *nonempty;   // spans with nfree > 0
+  uint64_t free_blocks;    // ntransfer + sum of nfree
   uint64_t nspans, total_blocks;
 };
 
@@ -97,20 +128,39 @@ struct large_entry {
   uintptr_t map_start;
 };
 
+// Region header words (both modes): [0] spare, [1] misses (slow-path events, for the
+// idle reclaim). Sections never touch them.
+#define REGION_MISSES 1
+
 struct ccache_heap {
+  // --- read by the fast paths, written only at creation
   struct rseq_percpu_mode mode;
+  long index_off;              // byte offset of the index field in an rseq area
+  int ncpus;                   // regions (rseq_index_count)
+  char *regions;               // RSEQ: RSEQ_SLAB_BYTES apart; CAS: `stride` apart
+  uintptr_t base;              // the reservation
+  size_t reserve_bytes;
+  uint64_t *class_of_page;     // [reserve_bytes >> PAGE_SHIFT], relaxed atomic access
+  uint64_t cookie_secret;      // bit 63 set
+  struct class_info classes[CCACHE_NUM_CLASSES + 1];
+  // 1 + UINT64_MAX / size: off % size == 0 iff off * M <= M - 1 (exact for off < 2^32;
+  // spans are far smaller). Indexed like classes.
+  uint64_t class_div_magic[CCACHE_NUM_CLASSES + 1];
+
   const char *why_cas;
+  // Frees of this range are ignored (the malloc replacement's bootstrap memory); set
+  // once, right after creation.
+  uintptr_t ignore_start;
+  size_t ignore_bytes;
 
   // --- the reservation and the page map
-  uintptr_t base;
-  size_t reserve_bytes;
   size_t committed;            // bytes of the reservation committed, from base
   size_t frontier;             // bytes of the reservation ever given to spans (<= committed)
   struct span **span_of_page;  // [reserve_bytes >> PAGE_SHIFT], relaxed atomic access
-  size_t pagemap_bytes;
+  size_t pagemap_bytes;        // of each of the two maps
 
   // --- the page heap. Guards free runs, the committed frontier, span creation and
-  // the page map's writes: spans of every class come from one address range.
+  // the page maps' writes: spans of every class come from one address range.
   pthread_mutex_t page_lock;
   struct span *free_runs[PAGE_HEAP_BUCKETS];
   uint64_t free_pages;         // in free runs, not released
@@ -120,22 +170,31 @@ struct ccache_heap {
 
   // --- central lists
   struct central central[CCACHE_NUM_CLASSES];
+  void **transfer_mem;
+  size_t transfer_bytes;
   // Guards central[c] for every c with c % CENTRAL_STRIPES == stripe (see struct central).
   struct {
     pthread_mutex_t lock;
   } __attribute__((aligned(CACHELINE))) central_lock[CENTRAL_STRIPES];
 
   // --- CPU caches
-  int ncpus;                   // regions (rseq_index_count)
   size_t stride;               // bytes per region
-  char *regions;
   size_t regions_bytes;
-  long count_off[CCACHE_NUM_CLASSES];  // RSEQ: {count, cap}; CAS: {top(16), cap} offset
-  long slots_off[CCACHE_NUM_CLASSES];
+  long count_off[CCACHE_NUM_CLASSES];  // CAS: {top(16), cap} offset
+  long slots_off[CCACHE_NUM_CLASSES];  // CAS: 16-byte slots
+  uint16_t slab_begin[CCACHE_NUM_CLASSES], slab_end[CCACHE_NUM_CLASSES];  // RSEQ
   uint32_t capacity[CCACHE_NUM_CLASSES];
   uint32_t batch[CCACHE_NUM_CLASSES];
   // Serializes remote drains: one drainer owns a stopped region at a time.
   pthread_mutex_t drain_lock;
+
+  // --- idle reclaim: regions whose caches did not change over a whole interval are
+  // drained. One scanner at a time (trylock from slow paths; never waits).
+  pthread_mutex_t reclaim_lock;
+  uint64_t reclaim_interval_ns;  // 0: only ccache_reclaim_idle() scans
+  _Atomic uint64_t next_reclaim_ns;
+  uint64_t *reclaim_sig;         // [ncpus] each region's activity signature at the last scan
+  uint64_t reclaimed_regions;    // guarded by reclaim_lock
 
   // --- large blocks. Guards the table: large allocations are rare and slow anyway.
   pthread_mutex_t large_lock;
@@ -143,19 +202,56 @@ struct ccache_heap {
   size_t large_cap, large_used, large_tombs;
   uint64_t large_count, large_bytes, large_mapped;
 
-  // --- metadata arena (span structs and their arrays). Guards the bump pointer and
-  // the recycle lists; a leaf lock.
+  // --- metadata arena (span structs). Guards the bump pointer and the recycle list;
+  // a leaf lock.
   pthread_mutex_t meta_lock;
   char *meta_cur, *meta_end;
   char *meta_chunks;           // chain of mapped chunks, for destroy
   uint64_t meta_bytes;
-  struct span *meta_free[CCACHE_NUM_CLASSES + 1];  // [cls] small spans, [NUM] free-run spans
+  struct span *meta_free;
 
   // --- statistics; relaxed atomics, bumped on slow paths only
   _Atomic uint64_t pop_aborts, push_aborts, refills, drains, os_failures;
 
   struct ccache_heap *all_next;  // the list of heaps, for fork handlers
 };
+
+// ---------------------------------------------------------------------------------
+// Words of free blocks. Free blocks are ASan-poisoned and their contents are not the
+// user's, so these accessors are not instrumented by ASan or MSan (MSan: word 0 of a
+// live block may never have been written by the user; its value is still defined to
+// us). Relaxed atomics: a block's words are only written by the thread that owns the
+// block (freeing it, handing it out, or holding it under the central lock); TSan sees
+// the ordering through the slab's acquire/release edges and the locks.
+#define CCACHE_BLOCK_ACCESS __attribute__((no_sanitize("address", "memory")))
+
+CCACHE_BLOCK_ACCESS static inline uint64_t block_word(const void *block, int w) {
+  return __atomic_load_n((const uint64_t *)block + w, __ATOMIC_RELAXED);
+}
+CCACHE_BLOCK_ACCESS static inline void block_set_word(void *block, int w, uint64_t v) {
+  __atomic_store_n((uint64_t *)block + w, v, __ATOMIC_RELAXED);
+}
+static inline uint64_t block_cookie(const struct ccache_heap *heap, const void *block) {
+  return (uint64_t)(uintptr_t)block ^ heap->cookie_secret;
+}
+static inline bool block_is_free(const struct ccache_heap *heap, const void *block) {
+  return block_word(block, 0) == block_cookie(heap, block);
+}
+
+// The class of a small block at `addr` (offset `off` from base) when it is the start
+// of a block of a small span; -1 otherwise. Reads one class_of_page word and the
+// class table: no span struct, no lock.
+static inline int block_class(const struct ccache_heap *heap, uintptr_t off) {
+  // Relaxed: a page's word is set under page_lock before any block of its span is
+  // handed out; a caller holding such a block got it through a path that synchronized.
+  uint64_t e = __atomic_load_n(&heap->class_of_page[off >> PAGE_SHIFT], __ATOMIC_RELAXED);
+  unsigned c1 = (unsigned)(e & 0xff);
+  uint64_t rel = off - (e & ~(uint64_t)(PAGE_SIZE - 1));
+  uint64_t m = heap->class_div_magic[c1];
+  if (__builtin_expect(rel >= heap->classes[c1].blocks_bytes, 0)) return -1;
+  if (__builtin_expect(rel * m > m - 1, 0)) return -1;
+  return (int)c1 - 1;
+}
 
 // os.c
 void *os_reserve(size_t bytes);
@@ -166,12 +262,14 @@ void os_unmap(void *addr, size_t bytes);
 void os_count_failure(struct ccache_heap *heap);
 
 // meta.c (in page_heap.c): metadata arena
-struct span *meta_span_alloc(struct ccache_heap *heap, unsigned cls, uint32_t nobjs);
+struct span *meta_span_alloc(struct ccache_heap *heap);
 void meta_span_free(struct ccache_heap *heap, struct span *s);
 
 // page_heap.c
 size_t span_pages_for_class(unsigned cls);
-// A small span of class cls (page_lock taken inside); NULL when the OS refuses.
+void class_info_init(struct ccache_heap *heap);
+// A small span of class cls (page_lock taken inside), its blocks not yet carved;
+// NULL when the OS refuses.
 struct span *page_heap_alloc_small(struct ccache_heap *heap, unsigned cls);
 // Give an entirely free small span back (page_lock taken inside).
 void page_heap_free_small(struct ccache_heap *heap, struct span *s);
@@ -183,31 +281,33 @@ static inline struct span *span_of(const struct ccache_heap *heap, uintptr_t add
   // out; a reader holding such a block got it through a path that synchronized.
   return __atomic_load_n(&heap->span_of_page[off >> PAGE_SHIFT], __ATOMIC_RELAXED);
 }
-static inline uint32_t span_index(const struct span *s, uintptr_t addr) {
-  return (uint32_t)(((uint64_t)(addr - s->start) * s->magic) >> 40);
-}
-// True when addr is the first byte of a block of small span s; *index is that block.
-static inline bool span_block_start(const struct span *s, uintptr_t addr, uint32_t *index) {
-  uint32_t i = span_index(s, addr);
-  *index = i;
-  return i < s->nobjs && s->start + (uintptr_t)i * s->obj_size == addr;
-}
 
 // central.c
-void central_init(struct ccache_heap *heap);
+int central_init(struct ccache_heap *heap);
+void central_destroy(struct ccache_heap *heap);
 // Up to n free blocks of class cls into out; returns how many (0: out of memory).
 int central_take(struct ccache_heap *heap, unsigned cls, void **out, int n);
 void central_give(struct ccache_heap *heap, unsigned cls, void *const *blocks, int n);
+void central_flush_transfer(struct ccache_heap *heap);
 
 // cpu_cache.c
 int cpu_cache_init(struct ccache_heap *heap, size_t cpu_cache_bytes);
 void cpu_cache_destroy(struct ccache_heap *heap);
-void *cpu_cache_pop(struct ccache_heap *heap, unsigned cls);   // NULL: empty or stopped
-bool cpu_cache_push(struct ccache_heap *heap, unsigned cls, void *block);  // false: full
+// The slow path of the RSEQ fast paths' index read (registration, fake CPUs); aborts
+// the process when the rseq area is broken. Sets *area.
+int cpu_cache_read_index(const struct ccache_heap *heap, struct rseq_abi **area);
+__attribute__((noreturn, cold)) void cpu_cache_bad_index(const struct ccache_heap *heap);
+// CAS mode: one block from / into the calling thread's cache.
+void *cpu_cache_pop_cas(struct ccache_heap *heap, unsigned cls);          // NULL: empty
+bool cpu_cache_push_cas(struct ccache_heap *heap, unsigned cls, void *block);  // false: full
+// Both modes: the cache of cls is empty (refill: a block, or NULL when out of memory)
+// or full (overflow: takes `block` too).
+void *cpu_cache_refill(struct ccache_heap *heap, unsigned cls);
+void cpu_cache_overflow(struct ccache_heap *heap, unsigned cls, void *block);
 uint64_t cpu_cache_count(const struct ccache_heap *heap, int cpu, unsigned cls);
+int cpu_cache_items(const struct ccache_heap *heap, int cpu, unsigned cls, void **out);
 int cpu_cache_drain(struct ccache_heap *heap, int cpu);
-// Up to n blocks of class cls from the calling thread's own cache; returns how many.
-int cpu_cache_pop_batch(struct ccache_heap *heap, unsigned cls, void **out, int n);
+void cpu_cache_maybe_reclaim(struct ccache_heap *heap);
 
 // large.c
 int large_init(struct ccache_heap *heap);
@@ -224,5 +324,14 @@ static inline pthread_mutex_t *central_lock_of(struct ccache_heap *heap, unsigne
 // heap.c
 __attribute__((noreturn, cold)) void ccache_report_bad_free(const struct ccache_heap *heap,
                                                             const void *ptr, const char *what);
+void ccache_free_rejected(struct ccache_heap *heap, void *ptr, const char *what)
+    __attribute__((visibility("hidden")));
+// ccache_malloc and ccache_free under names the malloc replacement (preload.c) calls
+// directly, not through the PLT of libccache_malloc.so.
+void *ccache_malloc_local(struct ccache_heap *heap, size_t size)
+    __attribute__((visibility("hidden")));
+void ccache_free_local(struct ccache_heap *heap, void *ptr) __attribute__((visibility("hidden")));
+// The malloc replacement: frees of [start, start + bytes) are ignored, not reported.
+void ccache_ignore_frees(struct ccache_heap *heap, const void *start, size_t bytes);
 
 #endif  // CCACHE_ALLOCATOR_INTERNAL_H_

@@ -7,13 +7,9 @@
 #include "sanitizers/sanitizers.h"
 
 // ---------------------------------------------------------------------------------
-// Metadata arena: span structs and their per-block state arrays, out of band.
+// Metadata arena: span structs, out of band (free blocks carry their own links).
 
 #define META_CHUNK ((size_t)1 << 20)
-
-static size_t meta_size(uint32_t nobjs) {
-  return (sizeof(struct span) + nobjs + 15) & ~(size_t)15;
-}
 
 static void *meta_bump(struct ccache_heap *heap, size_t bytes) {
   if (!heap->meta_cur || (size_t)(heap->meta_end - heap->meta_cur) < bytes) {
@@ -33,44 +29,55 @@ static void *meta_bump(struct ccache_heap *heap, size_t bytes) {
   return p;
 }
 
-// A span struct; for a small span of class cls, with its state array (all
-// BLOCK_CENTRAL). cls == CCACHE_NUM_CLASSES: a free run, no arrays.
-struct span *meta_span_alloc(struct ccache_heap *heap, unsigned cls, uint32_t nobjs) {
+// A zeroed span struct (small spans and free runs alike).
+struct span *meta_span_alloc(struct ccache_heap *heap) {
+  // Guards the bump pointer and the recycle list (a leaf lock).
   pthread_mutex_lock(&heap->meta_lock);
-  struct span *s = heap->meta_free[cls];
-  if (s) {
-    heap->meta_free[cls] = s->meta_next;
-  } else {
-    s = meta_bump(heap, meta_size(nobjs));
-  }
+  struct span *s = heap->meta_free;
+  if (s)
+    heap->meta_free = s->meta_next;
+  else
+    s = meta_bump(heap, (sizeof(struct span) + 15) & ~(size_t)15);
   pthread_mutex_unlock(&heap->meta_lock);
-  if (!s) return NULL;
-  memset(s, 0, sizeof *s);
-  s->cls = cls;
-  s->nobjs = nobjs;
-  if (cls < CCACHE_NUM_CLASSES) {
-    s->state = (uint8_t *)(s + 1);
-    memset(s->state, BLOCK_CENTRAL, nobjs);
-  }
+  if (s) memset(s, 0, sizeof *s);
   return s;
 }
 
 void meta_span_free(struct ccache_heap *heap, struct span *s) {
-  unsigned slot = s->kind == SPAN_SMALL ? s->cls : CCACHE_NUM_CLASSES;
   pthread_mutex_lock(&heap->meta_lock);
-  s->meta_next = heap->meta_free[slot];
-  heap->meta_free[slot] = s;
+  s->meta_next = heap->meta_free;
+  heap->meta_free = s;
   pthread_mutex_unlock(&heap->meta_lock);
 }
 
 // ---------------------------------------------------------------------------------
 // Spans.
 
+// At least 8 blocks (4 from 64 KiB up) and one page. Small spans keep a class's
+// partly used memory small (a new span is touched whole: every block gets its cookie).
 size_t span_pages_for_class(unsigned cls) {
   size_t size = ccache_class_size(cls);
   size_t bytes = size >= 64 * 1024 ? 4 * size : 8 * size;
-  if (bytes < 64 * 1024) bytes = 64 * 1024;
+  if (bytes < PAGE_SIZE) bytes = PAGE_SIZE;
   return (bytes + PAGE_SIZE - 1) >> PAGE_SHIFT;
+}
+
+void class_info_init(struct ccache_heap *heap) {
+  memset(&heap->classes[0], 0, sizeof heap->classes[0]);  // no class: every check fails
+  heap->class_div_magic[0] = 0;
+  for (unsigned c = 0; c < CCACHE_NUM_CLASSES; c++) {
+    struct class_info *ci = &heap->classes[c + 1];
+    uint32_t size = (uint32_t)ccache_class_size(c);
+    uint32_t nobjs = (uint32_t)((span_pages_for_class(c) << PAGE_SHIFT) / size);
+    ci->size = size;
+    ci->blocks_bytes = nobjs * size;
+    heap->class_div_magic[c + 1] = UINT64_MAX / size + 1;
+  }
+}
+
+static inline void set_class_page(struct ccache_heap *heap, size_t page, uint64_t v) {
+  // Relaxed: readers that need the word got their block through a synchronizing path.
+  __atomic_store_n(&heap->class_of_page[page], v, __ATOMIC_RELAXED);
 }
 
 static inline size_t page_of(const struct ccache_heap *heap, uintptr_t addr) {
@@ -147,7 +154,7 @@ static struct span *take_run(struct ccache_heap *heap, size_t n) {
     // Release: span_of() reads `committed` without the lock to bound its index.
     __atomic_store_n(&heap->committed, heap->committed + want, __ATOMIC_RELEASE);
   }
-  struct span *r = meta_span_alloc(heap, CCACHE_NUM_CLASSES, 0);
+  struct span *r = meta_span_alloc(heap);
   if (!r) {
     os_count_failure(heap);
     errno = ENOMEM;
@@ -164,7 +171,7 @@ struct span *page_heap_alloc_small(struct ccache_heap *heap, unsigned cls) {
   size_t n = span_pages_for_class(cls);
   uint32_t size = (uint32_t)ccache_class_size(cls);
   uint32_t nobjs = (uint32_t)((n << PAGE_SHIFT) / size);
-  struct span *s = meta_span_alloc(heap, cls, nobjs);
+  struct span *s = meta_span_alloc(heap);
   if (!s) {
     os_count_failure(heap);
     errno = ENOMEM;
@@ -178,7 +185,7 @@ struct span *page_heap_alloc_small(struct ccache_heap *heap, unsigned cls) {
     return NULL;
   }
   if (run->npages > n) {  // split: the tail goes back
-    struct span *rest = meta_span_alloc(heap, CCACHE_NUM_CLASSES, 0);
+    struct span *rest = meta_span_alloc(heap);
     if (!rest) {
       run_insert(heap, run);
       pthread_mutex_unlock(&heap->page_lock);
@@ -194,17 +201,21 @@ struct span *page_heap_alloc_small(struct ccache_heap *heap, unsigned cls) {
     run_insert(heap, rest);
   }
   s->kind = SPAN_SMALL;
+  s->cls = cls;
   s->start = run->start;
   s->npages = n;
   s->obj_size = size;
-  s->nfree = nobjs;
-  s->magic = (((uint64_t)1 << 40) + size - 1) / size;
+  s->nobjs = nobjs;
   size_t first = page_of(heap, s->start);
-  for (size_t i = 0; i < n; i++) set_page(heap, first + i, s);
+  uint64_t class_word = (uint64_t)(s->start - heap->base) | (cls + 1);
+  for (size_t i = 0; i < n; i++) {
+    set_page(heap, first + i, s);
+    set_class_page(heap, first + i, class_word);
+  }
   pthread_mutex_unlock(&heap->page_lock);
   meta_span_free(heap, run);
-  // Free blocks are poisoned until handed out (ASan); the span may hold old data.
-  CCACHE_ASAN_POISON((void *)s->start, n << PAGE_SHIFT);
+  // The caller writes every block's words: make the span addressable to ASan first.
+  CCACHE_ASAN_UNPOISON((void *)s->start, n << PAGE_SHIFT);
   return s;
 }
 
@@ -214,10 +225,13 @@ struct page_range {
 };
 
 void page_heap_free_small(struct ccache_heap *heap, struct span *s) {
-  struct span *run = meta_span_alloc(heap, CCACHE_NUM_CLASSES, 0);
+  struct span *run = meta_span_alloc(heap);
   pthread_mutex_lock(&heap->page_lock);
   size_t first = page_of(heap, s->start), n = s->npages;
-  for (size_t i = 0; i < n; i++) set_page(heap, first + i, NULL);
+  for (size_t i = 0; i < n; i++) {
+    set_page(heap, first + i, NULL);
+    set_class_page(heap, first + i, 0);
+  }
   if (!run) {
     // No metadata for a free run: keep the pages out of use (leaked to the heap, still
     // returned at destroy). They were committed; count them as free, not released.

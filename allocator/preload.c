@@ -2,7 +2,8 @@
 // LD_PRELOAD) and into //allocator:malloc_static (linked into a binary, it replaces
 // the whole malloc family). Options, read once from the environment (see ccache.h):
 //   CCACHE_MODE=rseq|cas|auto  CCACHE_INDEX=cpu|cid  CCACHE_CPU_CACHE_BYTES=N
-//   CCACHE_RESERVE_GB=N        CCACHE_STATS=1 (print the heap's stats at exit)
+//   CCACHE_RESERVE_GB=N        CCACHE_RECLAIM_MS=N (idle caches drained after N ms)
+//   CCACHE_STATS=1 (print the heap's stats at exit)
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -13,6 +14,7 @@
 #include <unistd.h>
 
 #include "allocator/ccache.h"
+#include "allocator/internal.h"
 
 // Acquire/release: the heap is fully built before another thread can see the pointer.
 static struct ccache_heap *_Atomic process_heap;
@@ -25,8 +27,8 @@ static __thread int in_init;  // creation may call malloc (e.g. pthread_atfork)
 static _Alignas(16) char bootstrap[256 * 1024];
 static size_t bootstrap_used;  // guarded by init_lock (only the creating thread gets here)
 
-static bool in_bootstrap(const void *p) {
-  return (const char *)p >= bootstrap && (const char *)p < bootstrap + sizeof bootstrap;
+static inline bool in_bootstrap(const void *p) {
+  return (uintptr_t)p - (uintptr_t)bootstrap < sizeof bootstrap;
 }
 
 static void *bootstrap_alloc(size_t size) {
@@ -83,13 +85,14 @@ static void print_stats_at_exit(void) {
   int n = snprintf(msg, sizeof msg,
                    "ccache: process heap (%s mode, %s index): in use %lu B, CPU caches %lu B, "
                    "central %lu B, OS %lu B, released %lu B, large %lu; aborts pop %lu push %lu; "
-                   "refills %lu drains %lu\n",
+                   "refills %lu drains %lu; idle caches reclaimed %lu\n",
                    rseq_mode_name(st.mode), rseq_index_name(st.index),
                    (unsigned long)st.in_use_bytes, (unsigned long)st.cached_bytes,
                    (unsigned long)st.central_bytes, (unsigned long)st.os_bytes,
                    (unsigned long)st.released_bytes, (unsigned long)st.large_count,
                    (unsigned long)st.pop_aborts, (unsigned long)st.push_aborts,
-                   (unsigned long)st.refills, (unsigned long)st.drains);
+                   (unsigned long)st.refills, (unsigned long)st.drains,
+                   (unsigned long)st.reclaimed_regions);
   if (n > 0 && write(stats_fd, msg, (size_t)n) < 0) {
   }
 }
@@ -103,6 +106,7 @@ static struct ccache_heap *create_process_heap(void) {
   o.index = index < 0 ? RSEQ_INDEX_CPU_ID : (enum rseq_index)index;
   o.cpu_cache_bytes = env_size("CCACHE_CPU_CACHE_BYTES", 0);
   o.reserve_bytes = env_size("CCACHE_RESERVE_GB", 64) << 30;
+  o.reclaim_ms = (long)env_size("CCACHE_RECLAIM_MS", 1000);
   struct ccache_heap *h = ccache_heap_create(&o);
   if (!h && o.mode == RSEQ_MODE_RSEQ) {
     // Explicit rseq that this machine cannot give: say so once, and run in CAS mode
@@ -134,6 +138,7 @@ static struct ccache_heap *heap_slow(void) {
   if (!h) {
     in_init = 1;
     h = create_process_heap();
+    ccache_ignore_frees(h, bootstrap, sizeof bootstrap);
     in_init = 0;
     atomic_store_explicit(&process_heap, h, memory_order_release);
   }
@@ -150,14 +155,30 @@ struct ccache_heap *ccache_process_heap(void) { return heap(); }
 
 // --- the malloc family
 
-void *malloc(size_t size) {
-  struct ccache_heap *h = heap();
+// The first calls, before the heap exists (or from inside its creation).
+__attribute__((noinline)) static void *malloc_first(size_t size) {
+  struct ccache_heap *h = heap_slow();
   return h ? ccache_malloc(h, size) : bootstrap_alloc(size);
 }
 
+__attribute__((noinline)) static void free_first(void *ptr) {
+  // No heap yet: nothing but bootstrap memory (ignored) or NULL can be freed.
+  if (ptr && !in_bootstrap(ptr)) ccache_free(heap(), ptr);
+}
+
+// Both leave with a tail call: no frame, no saved register on the way to the heap.
+void *malloc(size_t size) {
+  struct ccache_heap *h = atomic_load_explicit(&process_heap, memory_order_acquire);
+  if (__builtin_expect(h == NULL, 0)) return malloc_first(size);
+  return ccache_malloc_local(h, size);
+}
+
 void free(void *ptr) {
-  if (!ptr || in_bootstrap(ptr)) return;
-  ccache_free(heap(), ptr);
+  // Bootstrap memory and NULL fall outside the heap's reservation: ccache_free sends
+  // them off its fast path, and ignores them (ccache_ignore_frees).
+  struct ccache_heap *h = atomic_load_explicit(&process_heap, memory_order_acquire);
+  if (__builtin_expect(h == NULL, 0)) return free_first(ptr);
+  ccache_free_local(h, ptr);
 }
 
 void free_sized(void *ptr, size_t size) {

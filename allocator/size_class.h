@@ -27,9 +27,10 @@ size_t ccache_class_size(unsigned cls);
 
 // Implementation detail of the inline lookup: class by (size + 15) / 16 for sizes up
 // to 1024, computed for larger sizes.
-extern const uint8_t ccache_small_class_table[65];
+// Hidden: read straight from the code of libccache_malloc.so, not through its GOT.
+extern const uint8_t ccache_small_class_table[65] __attribute__((visibility("hidden")));
 
-static inline unsigned ccache_size_to_class(size_t size) {
+__attribute__((always_inline)) static inline unsigned ccache_size_to_class(size_t size) {
 #if CCACHE_SEEDED_BUG == 1  // test-only variant (ci/fuzz-teeth): a class too small
   if (size > 4096 && size <= 4200) return 8u * (12u - 6u) - 1u;
 #endif

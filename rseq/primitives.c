@@ -32,36 +32,13 @@
 
 #include "rseq/rseq_asm.h"
 
-static inline void before_section(int id, enum rseq_index index, int cpu, intptr_t *v) {
-#ifdef RSEQ_INJECT
-  rseq_inject_block_maybe();
-#endif
-  if (RSEQ_COUNTING) rseq_count_entered(id, index, cpu);
-  // TSan: whatever this thread wrote before the section is published through `v`.
-  // Released before the section and acquired after it, so a thread whose section ran
-  // after ours on this CPU (the kernel serializes them) always sees our release.
-  CCACHE_TSAN_RELEASE(v);
-}
+#define before_section(id, index, cpu, v) rseq_section_enter_(id, index, cpu, v)
+#define after_commit(id, v) rseq_section_committed_(id, v)
+#define after_cmpfail(id, v) rseq_section_cmpfailed_(id, v)
+#define after_abort(id) rseq_section_aborted_(id)
+#define compare_twice_failed(section, what, cpu) rseq_compare_twice_failed_(section, what, cpu)
 
-static inline int after_commit(int id, intptr_t *v) {
-  CCACHE_TSAN_ACQUIRE(v);
-  if (RSEQ_COUNTING) rseq_count_committed(id);
-  return RSEQ_COMMIT;
-}
-
-static inline int after_cmpfail(int id, intptr_t *v) {
-  CCACHE_TSAN_ACQUIRE(v);
-  if (RSEQ_COUNTING) rseq_count_cmpfail(id);
-  return RSEQ_CMPFAIL;
-}
-
-static inline int after_abort(int id) {
-  rseq_count_aborted(id);
-  return RSEQ_ABORT;
-}
-
-__attribute__((noreturn, cold)) static void compare_twice_failed(const char *section,
-                                                                  const char *what, int cpu) {
+void rseq_compare_twice_failed_(const char *section, const char *what, int cpu) {
   fprintf(stderr,
           "rseq compare-twice: section %s: %s changed inside the section on cpu %d before the "
           "commit, and the kernel did not abort it\n",

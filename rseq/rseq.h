@@ -229,7 +229,7 @@ int rseq_percpu_cmpeqv_storev(const struct rseq_percpu_mode *m, intptr_t *v, int
 // and rseq_registry ELF sections through the linker's __start_/__stop_ symbols.
 
 // Section ids (struct rseq_section.id, the hooks' section_id) are below this.
-#define RSEQ_SECTION_MAX_IDS 16
+#define RSEQ_SECTION_MAX_IDS 32
 
 struct rseq_section {
   const char *name;  // stable: "rseq_addv", "rseq_cmpeqv_storev", ...
@@ -307,6 +307,14 @@ extern __thread struct rseq_abi *rseq_tls_area_ __attribute__((tls_model("initia
 extern int rseq_index_limit_;  // rseq_index_count(); set once, before any area is handed out
 struct rseq_abi *rseq_thread_area_slow_(void);
 int rseq_current_index_slow_(enum rseq_index index);
+
+// The index field (cpu_id or mm_cid) of an rseq area: its byte offset, and the field.
+static inline long rseq_index_offset(enum rseq_index index) {
+  return index == RSEQ_INDEX_MM_CID ? RSEQ_ABI_OFFSET_MM_CID : RSEQ_ABI_OFFSET_CPU_ID;
+}
+static inline uint32_t *rseq_index_field(struct rseq_abi *area, long index_offset) {
+  return (uint32_t *)((char *)area + index_offset);
+}
 
 static inline struct rseq_abi *rseq_thread_area(void) {
   struct rseq_abi *a = rseq_tls_area_;

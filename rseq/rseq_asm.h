@@ -1,6 +1,7 @@
-// rseq_asm.h: the x86-64 asm building blocks of every critical section (internal to
-// rseq/: primitives.c, and the deliberately broken sections of the abortscan
-// self-test). See primitives.c for the discipline they implement.
+// rseq_asm.h: the x86-64 asm building blocks of every critical section, and the C that
+// runs right before and after each one (counters, hooks, TSan edges). Used by
+// primitives.c, the inlined slab sections of rseq/slab.h and the deliberately broken
+// sections of the abortscan self-test. See primitives.c for the discipline.
 #ifndef CCACHE_RSEQ_RSEQ_ASM_H_
 #define CCACHE_RSEQ_RSEQ_ASM_H_
 
@@ -103,5 +104,47 @@
 #else
 #define RSEQ_COUNTING 0
 #endif
+
+// Before and after every section, in C (never inside the asm). `tsan_slot` is the
+// per-CPU word the section commits to: TSan is told that whatever this thread wrote
+// before the section is released through it, and acquired after it, so a thread whose
+// section ran after ours on this CPU (the kernel serializes them) sees our writes.
+static inline __attribute__((always_inline)) void rseq_section_enter_(int id, enum rseq_index index,
+                                                                    int cpu, void *tsan_slot) {
+#ifdef RSEQ_INJECT
+  rseq_inject_block_maybe();
+#endif
+  if (RSEQ_COUNTING) rseq_count_entered(id, index, cpu);
+  CCACHE_TSAN_RELEASE(tsan_slot);
+  (void)id;
+  (void)index;
+  (void)cpu;
+}
+
+static inline __attribute__((always_inline)) int rseq_section_committed_(int id, void *tsan_slot) {
+  CCACHE_TSAN_ACQUIRE(tsan_slot);
+  if (RSEQ_COUNTING) rseq_count_committed(id);
+  (void)id;
+  return RSEQ_COMMIT;
+}
+
+static inline __attribute__((always_inline)) int rseq_section_cmpfailed_(int id, void *tsan_slot) {
+  CCACHE_TSAN_ACQUIRE(tsan_slot);
+  if (RSEQ_COUNTING) rseq_count_cmpfail(id);
+  (void)id;
+  return RSEQ_CMPFAIL;
+}
+
+// Every variant counts aborts (the release build too: the abort path is cold).
+static inline int rseq_section_aborted_(int id) {
+  rseq_count_aborted(id);
+  return RSEQ_ABORT;
+}
+
+// Compare-twice variants: the CPU or a compared value changed inside a section before
+// its commit, so the kernel failed to abort it. Reports and aborts the process.
+__attribute__((noreturn, cold)) void rseq_compare_twice_failed_(const char *section,
+                                                               const char *what, int cpu)
+    __attribute__((visibility("hidden")));
 
 #endif  // CCACHE_RSEQ_RSEQ_ASM_H_

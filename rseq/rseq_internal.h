@@ -1,4 +1,6 @@
-// rseq_internal.h: shared between the files of rseq/ only. Not a public interface.
+// rseq_internal.h: the section table and the counting hooks, shared by the files of
+// rseq/ and by the inlined sections of rseq/slab.h (which expand in allocator/). Not an
+// interface for anything else.
 #ifndef CCACHE_RSEQ_RSEQ_INTERNAL_H_
 #define CCACHE_RSEQ_RSEQ_INTERNAL_H_
 
@@ -6,17 +8,32 @@
 
 #include "rseq/rseq.h"
 
-// Every critical section in the package: X(id, name, injection points bitmask).
-// The id indexes the counters; the name is the stable name in the registry.
+// Every critical section linked into a product binary: X(id, name, injection points
+// bitmask). The id indexes the counters; the name is the stable name in the registry.
+// The primitives (0..7) are out-of-line functions of primitives.c, one section each.
+// The slab sections (8..) are inlined at their call site in allocator/, one section
+// per call site (rseq/slab.h): each has its own descriptor, pointer-array entry, id
+// and name here, so abortscan, the stress jobs and the campaign list them like the
+// primitives.
 #define RSEQ_SECTIONS(X)                                      \
-  X(0, "rseq_addv", 0x2)                                      \
-  X(1, "rseq_cmpeqv_storev", 0x6)                             \
-  X(2, "rseq_cmpnev_storeoffp_load", 0x6)                     \
-  X(3, "rseq_cmpeqv_trystorev_storev", 0x6)                   \
-  X(4, "rseq_cmpeqv_trymemcpy_storev", 0x6)                   \
-  X(5, "rseq_offset_deref_addv", 0x2)                         \
-  X(6, "rseq_percpu_stack_pop", 0x6)                          \
-  X(7, "rseq_percpu_stack_push", 0x6)
+  X(0, rseq_addv, 0x2)                                        \
+  X(1, rseq_cmpeqv_storev, 0x6)                               \
+  X(2, rseq_cmpnev_storeoffp_load, 0x6)                       \
+  X(3, rseq_cmpeqv_trystorev_storev, 0x6)                     \
+  X(4, rseq_cmpeqv_trymemcpy_storev, 0x6)                     \
+  X(5, rseq_offset_deref_addv, 0x2)                           \
+  X(6, rseq_percpu_stack_pop, 0x6)                            \
+  X(7, rseq_percpu_stack_push, 0x6)                           \
+  X(8, ccache_malloc_pop, 0x6)                                \
+  X(9, ccache_free_push, 0x6)                                 \
+  X(10, ccache_refill_push, 0x6)                              \
+  X(11, ccache_overflow_pop, 0x6)
+
+enum rseq_section_id {
+#define RSEQ_SECTION_ENUM_(id, name, points) RSEQ_SECTION_ID_##name = id,
+  RSEQ_SECTIONS(RSEQ_SECTION_ENUM_)
+#undef RSEQ_SECTION_ENUM_
+};
 
 #define RSEQ_SECTION_MAX RSEQ_SECTION_MAX_IDS
 

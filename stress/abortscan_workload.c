@@ -132,10 +132,47 @@ static void primitives(void) {
     }
   }
   EXPECT(npopped == 20, "lists held %d of 20 nodes", npopped);
+
+  // Per-CPU array stacks (the generic primitive; the allocator has its own slab
+  // sections): push 20 items, pop them all; each exactly once.
+  struct stack_region {  // the layout rseq_percpu_stack_* take: stopped, count, capacity
+    intptr_t stopped, count, capacity;
+    intptr_t slots[32];
+  };
+  static struct stack_region stacks[1024];
+  for (int c = 0; c < 1024; c++) stacks[c].capacity = 32;
+  long count_off = offsetof(struct stack_region, count), slots_off = offsetof(struct stack_region, slots);
+  for (intptr_t k = 1; k <= 20; k++)
+    for (;;) {
+      int c = cpu();
+      if (rseq_percpu_stack_push(idx, (char *)stacks, sizeof *stacks, count_off, slots_off, k, c) == RSEQ_COMMIT) break;
+    }
+  int spopped[21] = {0}, nspopped = 0;
+  for (;;) {
+    int c = cpu();
+    intptr_t got;
+    int r = rseq_percpu_stack_pop(idx, (char *)stacks, sizeof *stacks, count_off, slots_off, &got, c);
+    if (r == RSEQ_ABORT) continue;
+    if (r == RSEQ_CMPFAIL) break;  // this CPU's stack is empty: the rest is checked below
+    EXPECT(got >= 1 && got <= 20 && !spopped[got], "percpu stack: item %ld twice or bad", (long)got);
+    if (got >= 1 && got <= 20) spopped[got] = 1;
+    nspopped++;
+  }
+  for (int c = 0; c < 1024; c++)  // items left on other CPUs' stacks (after a migration)
+    for (intptr_t k = 0; k < stacks[c].count; k++) {
+      intptr_t got = stacks[c].slots[k];
+      EXPECT(got >= 1 && got <= 20 && !spopped[got], "percpu stack: item %ld twice or bad", (long)got);
+      if (got >= 1 && got <= 20) spopped[got] = 1;
+      nspopped++;
+    }
+  EXPECT(nspopped == 20, "percpu stacks held %d of 20 items", nspopped);
 }
 
 static void allocator(void) {
-  struct ccache_options o = {.mode = RSEQ_MODE_RSEQ, .index = idx, .reserve_bytes = (size_t)1 << 30};
+  // Small CPU caches (5 blocks of 48 B): the frees overflow them, so every allocator
+  // section runs: the malloc pop and free push, the refill push and the overflow pop.
+  struct ccache_options o = {.mode = RSEQ_MODE_RSEQ, .index = idx, .reserve_bytes = (size_t)1 << 30,
+                             .cpu_cache_bytes = 4096};
   struct ccache_heap *h = ccache_heap_create(&o);
   EXPECT(h != NULL, "heap creation failed");
   if (!h) return;

@@ -86,7 +86,7 @@ static void plan(void) {
     const char *x = indexes[i];
     // Coverage first: every section, every cause, all forcers at once.
     add_run("prim", "rseq", x, ALL_BUT_CGROUP, 0, 100, true);
-    add_run("alloc", "rseq", x, ALL_BUT_CGROUP, 0, 100, true);
+    add_run("alloc", "rseq", x, ALL_BUT_CGROUP, 0, 1000, true);
     add_run("ring", "rseq", x, ALL_BUT_CGROUP, 0, 1000, true);
     // Each forcer alone, so its own effect shows.
     for (int f = 0; f < 6; f++) add_run("prim", "rseq", x, singles[f], 0, 100, false);

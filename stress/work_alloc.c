@@ -14,7 +14,8 @@
 #include "rseq/testing.h"
 #include "stress/job.h"
 
-static const char *const sections[] = {"rseq_percpu_stack_pop", "rseq_percpu_stack_push", NULL};
+static const char *const sections[] = {"ccache_malloc_pop", "ccache_free_push", "ccache_refill_push",
+                                       "ccache_overflow_pop", NULL};
 
 #define SLOTS 64     // live blocks per worker
 #define EXCHANGE 64  // blocks in flight between workers
