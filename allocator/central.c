@@ -10,8 +10,9 @@
 #include "allocator/internal.h"
 #include "sanitizers/sanitizers.h"
 
-// Transfer cache capacity, in blocks: a few batches per class.
-#define TRANSFER_BATCHES 4
+// Transfer cache capacity, in blocks: two batches per class (a batch given back by one
+// CPU and taken by another without touching a span; more only held memory).
+#define TRANSFER_BATCHES 2
 
 int central_init(struct ccache_heap *heap) {
   memset(heap->central, 0, sizeof heap->central);

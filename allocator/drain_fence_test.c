@@ -1,14 +1,22 @@
-// drain_fence_test: a remote drain must fence the CPU it drains. Thread A, pinned to
-// CPU a, mallocs and frees in a loop with a ~1 ms delay loop inside every push and pop
-// section (after the section has checked the `stopped` flag, before it stores). The
-// main thread, pinned to CPU b, drains a's cache ROUNDS times at random moments, so
-// nearly every drain lands while one of A's sections is inside its delay. The drain's
-// fence (membarrier) aborts that section, which retries and sees the drained cache. A
-// drain without the fence lets the old section commit into the cache it just emptied:
-// the count then covers blocks that went to the central lists, which
-// ccache_check_heap (or a double-free report) catches. A runs SCHED_FIFO when it may,
-// so that ordinary preemption rarely aborts its sections first.
-// Needs two CPUs and RSEQ mode; skips with the reason otherwise.
+// drain_fence_test: a remote drain must fence the CPU it drains, and a section must read
+// the bounds a drain stops it with before it reads cur. Thread A, pinned to CPU a,
+// mallocs and frees in a loop with a ~1 ms delay loop inside every push and pop
+// section, at injection point --point (1: after the section has checked its bounds,
+// before it stores; 3: between its load of the bound and its load of cur). The main
+// thread, pinned to CPU b, drains a's cache ROUNDS times at random moments, so nearly
+// every drain lands while one of A's sections is inside its delay.
+//   point 1: the drain's fence (membarrier) aborts that section, which retries and sees
+//            the stopped cache. A drain without the fence lets the old section commit
+//            into the cache it just emptied.
+//   point 3: the retried section, starting right after the fence, waits between its
+//            two loads while the drain puts cur back and then the bounds. Reading the
+//            bound first, it sees the class stopped (or cur reset); reading cur first,
+//            it would see the old cur and the restored bound, and pop a block that the
+//            drain already gave to the central lists.
+// Either bug puts a block in two places, which ccache_check_heap (or a double-free
+// report) catches. A runs SCHED_FIFO when it may, so that ordinary preemption rarely
+// aborts its sections first. Needs two CPUs and RSEQ mode; skips with the reason
+// otherwise.
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
@@ -16,6 +24,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "allocator/ccache.h"
@@ -48,6 +57,9 @@ static void *thread_a(void *arg) {
 
 int main(int argc, char **argv) {
   test_init(argc, argv);
+  int point = 1;
+  for (int i = 1; i + 1 < argc; i += 2)
+    if (!strcmp(argv[i], "--point")) point = atoi(argv[i + 1]);
   int cpus[1024];
   int n = test_allowed_cpus(cpus, 1024);
   if (n < 2) test_skip("needs two allowed CPUs, has %d", n);
@@ -58,10 +70,11 @@ int main(int argc, char **argv) {
   heap = ccache_heap_create(&o);
   if (!heap) test_skip("no RSEQ-mode heap: %s", rseq_unavailable_reason());
   uint64_t seed = test_seed(1), rng = seed;
-  test_context("cpu_a=%d cpu_b=%d fence=%s seed=%lu", cpu_a, cpu_b, rseq_fence_method(),
-               (unsigned long)seed);
+  test_context("point=%d cpu_a=%d cpu_b=%d fence=%s seed=%lu", point, cpu_a, cpu_b,
+               rseq_fence_method(), (unsigned long)seed);
   CHECK(test_pin(cpu_b) == 0, "pin to cpu %d", cpu_b);
-  rseq_inject_set_loops(1, DELAY_LOOPS);  // main runs no section until it resets this
+  CHECK(rseq_inject_set_loops(point, DELAY_LOOPS) == 0, "--point %d", point);  // main runs no
+                                                                             // section until reset
   pthread_t t;
   CHECK(pthread_create(&t, NULL, thread_a, NULL) == 0);
   while (!atomic_load_explicit(&running, memory_order_acquire)) sched_yield();
@@ -72,10 +85,11 @@ int main(int argc, char **argv) {
   }
   atomic_store_explicit(&stop, 1, memory_order_relaxed);
   pthread_join(t, NULL);
-  rseq_inject_set_loops(1, 0);
+  rseq_inject_set_loops(point, 0);
   CHECK(ccache_check_heap(heap) == 0,
-        "the heap is inconsistent after drains raced push/pop sections (see stderr): a drain "
-        "did not fence cpu %d", cpu_a);
+        "the heap is inconsistent after drains raced push/pop sections delayed at point %d (see "
+        "stderr): a drain did not fence cpu %d, or a section read cur before its bound", point,
+        cpu_a);
   struct ccache_stats st;
   ccache_get_stats(heap, &st);
   CHECK_EQ(st.in_use_bytes, 0);  // every block was freed

@@ -3,6 +3,7 @@
 // the whole malloc family). Options, read once from the environment (see ccache.h):
 //   CCACHE_MODE=rseq|cas|auto  CCACHE_INDEX=cpu|cid  CCACHE_CPU_CACHE_BYTES=N
 //   CCACHE_RESERVE_GB=N        CCACHE_RECLAIM_MS=N (idle caches drained after N ms)
+//   CCACHE_RELEASE_BYTES=N (free pages kept before they go back to the OS)
 //   CCACHE_STATS=1 (print the heap's stats at exit)
 #include <errno.h>
 #include <fcntl.h>
@@ -107,6 +108,7 @@ static struct ccache_heap *create_process_heap(void) {
   o.cpu_cache_bytes = env_size("CCACHE_CPU_CACHE_BYTES", 0);
   o.reserve_bytes = env_size("CCACHE_RESERVE_GB", 64) << 30;
   o.reclaim_ms = (long)env_size("CCACHE_RECLAIM_MS", 1000);
+  o.release_threshold = env_size("CCACHE_RELEASE_BYTES", 0);
   struct ccache_heap *h = ccache_heap_create(&o);
   if (!h && o.mode == RSEQ_MODE_RSEQ) {
     // Explicit rseq that this machine cannot give: say so once, and run in CAS mode

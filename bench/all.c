@@ -2,6 +2,13 @@
 //
 //   bazel run -c opt //bench:all -- [--quick] [--out DIR] [--reps N] [--callgrind]
 //
+// The thread sweep takes its counts from the machine: T = 1, ncpus and 8 x ncpus (the
+// CPUs online), for pair (16, 32, 256 B), churn, xfree (at least one producer/consumer
+// pair: T = ncpus and 8 x ncpus) and larson, so the same command scales to a larger
+// machine. The summary puts ccache-rseq next to the best of the four peers (glibc,
+// jemalloc, tcmalloc, mimalloc) and next to ccache-cas, as ratios of the medians of
+// this run, with peak RSS.
+//
 // Allocators: ccache in rseq mode and in CAS mode (libccache_malloc.so), glibc, and
 // Debian's jemalloc, gperftools tcmalloc and mimalloc, plus ccache in rseq mode without
 // its double-free check (what the check costs), each by LD_PRELOAD into the
@@ -11,11 +18,14 @@
 // one DIR/<workload>.png per workload (gnuplot), the ring benchmark's table
 // (rseq vs CAS vs mutex), and with --callgrind the instructions per malloc+free pair.
 #include <errno.h>
+#include <gnu/libc-version.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 struct allocator {
@@ -44,23 +54,31 @@ struct config {
   long size;
   int threads;
   int higher_is_better;
+  int rss_now;  // report the RSS at the end of the run, not the peak
 };
 
-static struct config configs[32];
+#define MAX_CONFIGS 48
+static struct config configs[MAX_CONFIGS];
 static int nconfigs;
 
 static void add(const char *label, const char *workload, long size, int threads, int higher) {
+  if (nconfigs == MAX_CONFIGS) return;
   struct config *c = &configs[nconfigs++];
   snprintf(c->label, sizeof c->label, "%s", label);
   c->workload = workload;
   c->size = size;
   c->threads = threads;
   c->higher_is_better = higher;
+  c->rss_now = 0;
 }
+
+// The peers ccache is measured against (allocs[] indexes).
+static const int peers[] = {2, 3, 4, 5};
+#define NPEERS 4
 
 // Run the benchmark binary once under allocator a; returns 0 and the value and RSS.
 static int run_one(const char *bench, const struct allocator *a, const struct config *c,
-                   double millis, double *value, long *rss, char *unit) {
+                   double millis, double *value, long *rss, long *rss_now, char *unit) {
   int fds[2];
   if (pipe(fds) != 0) return -1;
   pid_t pid = fork();
@@ -86,9 +104,11 @@ static int run_one(const char *bench, const struct allocator *a, const struct co
   waitpid(pid, &status, 0);
   if (n <= 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) return -1;
   char *v = strstr(buf, "value="), *r = strstr(buf, "rss_kb="), *u = strstr(buf, "unit=");
-  if (!v || !r || !u) return -1;
+  char *rn = strstr(buf, "rss_now_kb=");
+  if (!v || !r || !u || !rn) return -1;
   *value = atof(v + 6);
   *rss = atol(r + 7);
+  *rss_now = atol(rn + 11);
   sscanf(u + 5, "%15s", unit);
   return 0;
 }
@@ -172,41 +192,60 @@ int main(int argc, char **argv) {
   double millis = quick ? 150 : 400;
   if (!reps) reps = quick ? 3 : 7;
   if (reps > 64) reps = 64;  // the results table holds 64 repetitions
-  long sizes_full[] = {16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
-  long sizes_quick[] = {16, 32, 256, 4096, 32768};
-  long *sizes = quick ? sizes_quick : sizes_full;
-  int nsizes = quick ? 5 : 12;
-  for (int i = 0; i < nsizes; i++) {
-    char label[48];
-    snprintf(label, sizeof label, "pair-%ldB", sizes[i]);
-    add(label, "pair", sizes[i], 1, 0);
+  int sweep[3] = {1, ncpu, 8 * ncpu};
+  long pair_sizes[] = {16, 32, 256};
+  for (int i = 0; i < 3; i++)
+    for (int t = 0; t < 3; t++) {
+      char label[48];
+      snprintf(label, sizeof label, "pair-%ldB T=%d", pair_sizes[i], sweep[t]);
+      add(label, "pair", pair_sizes[i], sweep[t], sweep[t] > 1);
+    }
+  if (!quick) {
+    long more[] = {64, 1024, 4096, 32768};
+    for (int i = 0; i < 4; i++) {
+      char label[48];
+      snprintf(label, sizeof label, "pair-%ldB T=1", more[i]);
+      add(label, "pair", more[i], 1, 0);
+    }
   }
-  add("larson", "larson", 0, ncpu, 1);
+  for (int t = 0; t < 3; t++) {
+    char label[48];
+    snprintf(label, sizeof label, "churn T=%d", sweep[t]);
+    add(label, "churn", 0, sweep[t], 1);
+  }
+  for (int t = 1; t < 3; t++) {  // a producer and a consumer at least
+    char label[48];
+    int n = sweep[t] < 2 ? 2 : sweep[t];
+    snprintf(label, sizeof label, "xfree T=%d", n);
+    add(label, "xfree", 0, n, 1);
+  }
+  for (int t = 0; t < 3; t++) {
+    char label[48];
+    snprintf(label, sizeof label, "larson T=%d", sweep[t]);
+    add(label, "larson", 0, sweep[t], 1);
+  }
   add("xmalloc", "xmalloc", 0, 2 * ncpu, 1);
   add("cache-scratch", "scratch", 0, ncpu, 0);
-  add("thread-churn", "churn", 0, 8, 1);
-  char l4[48], l8[48];
-  snprintf(l4, sizeof l4, "oversub-4x");
-  snprintf(l8, sizeof l8, "oversub-8x");
-  add(l4, "larson", 0, 4 * ncpu, 1);
-  add(l8, "larson", 0, 8 * ncpu, 1);
+  add("1000 threads come and go", "threads", 0, 2 * ncpu, 1);
+  configs[nconfigs - 1].rss_now = 1;
 
-  static double values[32][NALLOC][64];
-  static long rss[32][NALLOC];
-  static char units[32][16];
+  static double values[MAX_CONFIGS][NALLOC][64];
+  static long rss[MAX_CONFIGS][NALLOC], rss_now[MAX_CONFIGS][NALLOC];
+  static char units[MAX_CONFIGS][16];
   int failures = 0;
   for (int rep = 0; rep < reps; rep++) {
     fprintf(stderr, "rep %d/%d\n", rep + 1, reps);
     for (int c = 0; c < nconfigs; c++)
       for (int a = 0; a < NALLOC; a++) {
         if (!allocs[a].available) continue;
-        long r = 0;
-        if (run_one(bench_abs, &allocs[a], &configs[c], millis, &values[c][a][rep], &r, units[c]) != 0) {
+        long r = 0, rn = 0;
+        if (run_one(bench_abs, &allocs[a], &configs[c], millis, &values[c][a][rep], &r, &rn, units[c]) != 0) {
           fprintf(stderr, "FAILED: %s under %s\n", configs[c].label, allocs[a].name);
           values[c][a][rep] = 0;
           failures++;
         }
         if (r > rss[c][a]) rss[c][a] = r;
+        if (rn > rss_now[c][a]) rss_now[c][a] = rn;
       }
   }
 
@@ -221,36 +260,88 @@ int main(int argc, char **argv) {
   }
   char host[256] = "?";
   gethostname(host, sizeof host);
-  fprintf(md, "Machine: %d CPUs online; %d repetitions of %.0f ms per workload and allocator, interleaved.\n\n", ncpu, reps, millis);
-  fprintf(md, "| workload | allocator | min | median | max | unit | vs glibc | peak RSS (MiB) |\n|---|---|---|---|---|---|---|---|\n");
-  fprintf(js, "{\"cpus\": %d, \"reps\": %d, \"millis\": %.0f, \"results\": [", ncpu, reps, millis);
-  static double med[32][NALLOC];
-  int first = 1;
-  for (int c = 0; c < nconfigs; c++) {
+  char date[64] = "?", cpu_model[128] = "?", kernel[128] = "?";
+  time_t tnow = time(NULL);
+  strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", gmtime(&tnow));
+  FILE *ci = fopen("/proc/cpuinfo", "r");
+  char line[1024];
+  while (ci && fgets(line, sizeof line, ci))
+    if (!strncmp(line, "model name", 10) && strchr(line, ':')) {
+      snprintf(cpu_model, sizeof cpu_model, "%s", strchr(line, ':') + 2);
+      cpu_model[strcspn(cpu_model, "\n")] = 0;
+      break;
+    }
+  if (ci) fclose(ci);
+  struct utsname un;
+  if (uname(&un) == 0) snprintf(kernel, sizeof kernel, "%s %s", un.sysname, un.release);
+  fprintf(md, "Run: %s. Machine: %s, %d CPUs online, %s, glibc %s. %d repetitions of %.0f ms "
+              "per workload and allocator, interleaved; medians.\n\n",
+          date, cpu_model, ncpu, kernel, gnu_get_libc_version(), reps, millis);
+  fprintf(js, "{\"date\": \"%s\", \"cpu\": \"%s\", \"cpus\": %d, \"reps\": %d, \"millis\": %.0f, \"results\": [",
+          date, cpu_model, ncpu, reps, millis);
+  static double med[MAX_CONFIGS][NALLOC];
+  for (int c = 0; c < nconfigs; c++)
     for (int a = 0; a < NALLOC; a++) {
       if (!allocs[a].available) continue;
       qsort(values[c][a], (size_t)reps, sizeof(double), cmp_double);
       med[c][a] = values[c][a][reps / 2];
     }
+  // The summary: ccache-rseq against the best peer and against its own CAS mode.
+  // Speed ratios are > 1 when ccache-rseq is faster (time: peer / ccache; rate: ccache /
+  // peer); RSS ratios are ccache-rseq's over the lowest peer's.
+  fprintf(md, "#### ccache-rseq against the best peer and against ccache-cas\n\n"
+              "| workload | unit | ccache-rseq | best peer | its median | speed vs best peer | "
+              "speed vs ccache-cas | RSS (MiB) | lowest peer RSS (MiB) | RSS vs lowest |\n"
+              "|---|---|---|---|---|---|---|---|---|---|\n");
+  for (int c = 0; c < nconfigs; c++) {
+    const struct config *cf = &configs[c];
+    int best = -1, lean = -1;
+    for (int k = 0; k < NPEERS; k++) {
+      int a = peers[k];
+      if (!allocs[a].available || med[c][a] <= 0) continue;
+      if (best < 0 || (cf->higher_is_better ? med[c][a] > med[c][best] : med[c][a] < med[c][best])) best = a;
+      long ra = cf->rss_now ? rss_now[c][a] : rss[c][a];
+      long rl = lean < 0 ? 0 : (cf->rss_now ? rss_now[c][lean] : rss[c][lean]);
+      if (lean < 0 || ra < rl) lean = a;
+    }
+    double m = med[c][0], cas = med[c][1];
+    if (best < 0 || m <= 0) continue;
+    double vs_best = cf->higher_is_better ? m / med[c][best] : med[c][best] / m;
+    double vs_cas = cas > 0 ? (cf->higher_is_better ? m / cas : cas / m) : 0;
+    long r = cf->rss_now ? rss_now[c][0] : rss[c][0];
+    long rl = cf->rss_now ? rss_now[c][lean] : rss[c][lean];
+    fprintf(md, "| %s | %s | %.3f | %s | %.3f | %.2fx | %.2fx | %.1f%s | %.1f (%s) | %.2fx |\n", cf->label,
+            units[c], m, allocs[best].name, med[c][best], vs_best, vs_cas, (double)r / 1024,
+            cf->rss_now ? " now" : "", (double)rl / 1024, allocs[lean].name, rl > 0 ? (double)r / (double)rl : 0);
+  }
+  fprintf(md, "\n#### Every allocator\n\n"
+              "| workload | allocator | min | median | max | unit | vs glibc | peak RSS (MiB) | RSS at the end (MiB) |\n"
+              "|---|---|---|---|---|---|---|---|---|\n");
+  int first = 1;
+  for (int c = 0; c < nconfigs; c++) {
     for (int a = 0; a < NALLOC; a++) {
       if (!allocs[a].available) continue;
       double g = med[c][GLIBC], m = med[c][a];
       double ratio = configs[c].higher_is_better ? (g > 0 ? m / g : 0) : (m > 0 ? g / m : 0);
-      fprintf(md, "| %s | %s | %.3f | %.3f | %.3f | %s | %.2fx | %.1f |\n", configs[c].label,
+      fprintf(md, "| %s | %s | %.3f | %.3f | %.3f | %s | %.2fx | %.1f | %.1f |\n", configs[c].label,
               allocs[a].name, values[c][a][0], m, values[c][a][reps - 1], units[c], ratio,
-              (double)rss[c][a] / 1024);
+              (double)rss[c][a] / 1024, (double)rss_now[c][a] / 1024);
       fprintf(js,
-              "%s\n {\"workload\": \"%s\", \"allocator\": \"%s\", \"unit\": \"%s\", \"min\": %.4f, "
-              "\"median\": %.4f, \"max\": %.4f, \"speed_vs_glibc\": %.3f, \"peak_rss_kb\": %ld}",
-              first ? "" : ",", configs[c].label, allocs[a].name, units[c], values[c][a][0], m,
-              values[c][a][reps - 1], ratio, rss[c][a]);
+              "%s\n {\"workload\": \"%s\", \"allocator\": \"%s\", \"threads\": %d, \"unit\": \"%s\", \"min\": %.4f, "
+              "\"median\": %.4f, \"max\": %.4f, \"speed_vs_glibc\": %.3f, \"peak_rss_kb\": %ld, \"rss_at_end_kb\": %ld}",
+              first ? "" : ",", configs[c].label, allocs[a].name, configs[c].threads, units[c], values[c][a][0], m,
+              values[c][a][reps - 1], ratio, rss[c][a], rss_now[c][a]);
       first = 0;
     }
+    char slug[64];
+    snprintf(slug, sizeof slug, "%s", configs[c].label);
+    for (char *q = slug; *q; q++)
+      if (*q == ' ' || *q == '=') *q = '_';
     // One plot per workload: medians with min..max bars.
     char dat[4300], png[4300], gp[4300];
-    snprintf(dat, sizeof dat, "%s/%s.dat", outdir, configs[c].label);
-    snprintf(png, sizeof png, "%s/%s.png", outdir, configs[c].label);
-    snprintf(gp, sizeof gp, "%s/%s.gp", outdir, configs[c].label);
+    snprintf(dat, sizeof dat, "%s/%s.dat", outdir, slug);
+    snprintf(png, sizeof png, "%s/%s.png", outdir, slug);
+    snprintf(gp, sizeof gp, "%s/%s.gp", outdir, slug);
     FILE *d = fopen(dat, "w"), *g = fopen(gp, "w");
     if (d && g) {
       int x = 0;
@@ -299,14 +390,12 @@ int main(int argc, char **argv) {
   fflush(md);
   FILE *rp = popen(cmd, "r");
   if (rp) {
-    char line[512];
     while (fgets(line, sizeof line, rp)) fputs(line, md);
     if (pclose(rp) != 0) failures++;
   }
   fclose(md);
   snprintf(path, sizeof path, "%s/results.md", outdir);
   FILE *in = fopen(path, "r");
-  char line[1024];
   while (in && fgets(line, sizeof line, in)) fputs(line, stdout);
   if (in) fclose(in);
   printf("\nwritten: %s/results.md, results.json, ring.json and one PNG per workload\n", outdir);

@@ -24,10 +24,10 @@
   X(5, rseq_offset_deref_addv, 0x2)                           \
   X(6, rseq_percpu_stack_pop, 0x6)                            \
   X(7, rseq_percpu_stack_push, 0x6)                           \
-  X(8, ccache_malloc_pop, 0x6)                                \
-  X(9, ccache_free_push, 0x6)                                 \
-  X(10, ccache_refill_push, 0x6)                              \
-  X(11, ccache_overflow_pop, 0x6)
+  X(8, ccache_malloc_pop, 0xe)                                \
+  X(9, ccache_free_push, 0xe)                                 \
+  X(10, ccache_refill_push, 0xe)                              \
+  X(11, ccache_overflow_pop, 0xe)
 
 enum rseq_section_id {
 #define RSEQ_SECTION_ENUM_(id, name, points) RSEQ_SECTION_ID_##name = id,

@@ -30,7 +30,11 @@
 // other order (cur, then the bound) lets a section that starts right after the fence
 // read the old cur and the restored bound, and pop a block the drainer already took.
 // (The cur and bounds halves of the header are separate loads: one 64-bit load of
-// both would defeat the store forwarding of the 32-bit cur.)
+// both would defeat the store forwarding of the 32-bit cur.) Injection point 3 sits
+// between the two loads: allocator/drain_fence_test drains while sections wait there.
+//
+// Injection points (inject variant): 1 after the checks, 2 right before the commit,
+// 3 between the bound's load and cur's.
 //
 // Inlining: each RSEQ_SLAB_DEFINE_* expands to a static always-inline function that
 // holds one asm statement: a section with its own descriptor (__rseq_cs), pointer
@@ -128,6 +132,7 @@ static inline struct rseq_slab_header *rseq_slab_header(char *region, unsigned l
                  RSEQ_ASM_DEFINE_EXIT_POINT("1f", cmpfail)                                    \
                  RSEQ_ASM_START                                                               \
                  "movzwl 20(%[region], %[cls], 8), %%eax\n\t" /* begin, then cur */           \
+                 RSEQ_INJECT_ASM(3)                                                           \
                  "movl 16(%[region], %[cls], 8), %k[cur]\n\t"                               \
                  "cmpl %%eax, %k[cur]\n\t"                                                     \
                  "jbe %l[cmpfail]\n\t"                                                         \
@@ -172,6 +177,7 @@ static inline struct rseq_slab_header *rseq_slab_header(char *region, unsigned l
                  RSEQ_ASM_DEFINE_EXIT_POINT("1f", cmpfail)                                    \
                  RSEQ_ASM_START                                                               \
                  "movzwl 22(%[region], %[cls], 8), %%eax\n\t" /* end, then cur */             \
+                 RSEQ_INJECT_ASM(3)                                                           \
                  "movl 16(%[region], %[cls], 8), %k[cur]\n\t"                               \
                  "cmpl %%eax, %k[cur]\n\t"                                                     \
                  "jae %l[cmpfail]\n\t"                                                         \
@@ -218,6 +224,7 @@ static inline struct rseq_slab_header *rseq_slab_header(char *region, unsigned l
                  RSEQ_ASM_DEFINE_EXIT_POINT("1f", cmpfail)                                    \
                  RSEQ_ASM_START                                                               \
                  "movzwl 22(%[region], %[cls], 8), %k[k]\n\t" /* end, then cur */             \
+                 RSEQ_INJECT_ASM(3)                                                           \
                  "movl 16(%[region], %[cls], 8), %k[cur]\n\t"                               \
                  "subl %k[cur], %k[k]\n\t"                                                    \
                  "jle %l[cmpfail]\n\t"                                                         \
@@ -275,6 +282,7 @@ static inline struct rseq_slab_header *rseq_slab_header(char *region, unsigned l
                  RSEQ_ASM_DEFINE_EXIT_POINT("1f", cmpfail)                                    \
                  RSEQ_ASM_START                                                               \
                  "movzwl 20(%[region], %[cls], 8), %k[k]\n\t" /* begin, then cur */           \
+                 RSEQ_INJECT_ASM(3)                                                           \
                  "movl 16(%[region], %[cls], 8), %k[cur]\n\t"                               \
                  "negl %k[k]\n\t"                                                             \
                  "addl %k[cur], %k[k]\n\t"                                                    \

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "rseq/rseq.h"
+#include "rseq/rseq_internal.h"
 #include "stress/causes.h"
 #include "stress/forcers.h"
 
@@ -92,10 +93,16 @@ static void plan(void) {
     for (int f = 0; f < 6; f++) add_run("prim", "rseq", x, singles[f], 0, 100, false);
     add_run("alloc", "rseq", x, "cgroup,signal", 0, 100, false);
     // Each injection point alone (the points the sections have).
+    // The primitives' points run with the prim workload; a point only the allocator's
+    // slab sections have (3) runs with the alloc workload.
     for (int p = 1; p <= RSEQ_INJECT_POINTS; p++) {
-      bool any = false;
-      for (int id = 0; id < RSEQ_SECTION_MAX_IDS; id++) any |= (rseq_inject_points_of(id) >> p) & 1;
-      if (any) add_run("prim", "rseq", x, "migrate,signal,fence", p, 2000, false);
+      bool prim = false, any = false;
+      for (int id = 0; id < RSEQ_SECTION_MAX_IDS; id++) {
+        bool has = (rseq_inject_points_of(id) >> p) & 1;
+        any |= has;
+        prim |= has && id < RSEQ_SECTION_ID_ccache_malloc_pop;
+      }
+      if (any) add_run(prim ? "prim" : "alloc", "rseq", x, "migrate,signal,fence", p, 2000, false);
     }
     // The reference mode, same workloads and forcers: the invariants must hold too.
     add_run("prim", "cas", x, ALL_BUT_CGROUP, 0, 0, false);
