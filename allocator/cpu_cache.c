@@ -71,6 +71,7 @@ int cpu_cache_init(struct ccache_heap *heap, size_t cpu_cache_bytes) {
   }
   (void)total_slots;
   heap->ncpus = rseq_index_count(heap->mode.index);
+  heap->rseq_ncpus = cas ? 0 : (uint32_t)heap->ncpus;
   heap->regions_bytes = heap->stride * (size_t)heap->ncpus;
   heap->regions = os_map(heap->regions_bytes);
   heap->reclaim_sig = os_map(sizeof(uint64_t) * (size_t)heap->ncpus);

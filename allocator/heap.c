@@ -43,10 +43,6 @@ static inline void *hand_out(struct ccache_heap *heap, void *p, unsigned cls) {
   return p;
 }
 
-static inline unsigned class_of_size(size_t size) {
-  if (__builtin_expect(size <= 1024, 1)) return ccache_small_class_table[(size + 15) >> 4];
-  return ccache_size_to_class(size);
-}
 
 // The slow paths leave through tail calls, so the fast paths stay leaf functions that
 // save no register (and, built with -momit-leaf-frame-pointer, set up no frame). A
@@ -65,7 +61,7 @@ __attribute__((noinline)) static void *malloc_retry(struct ccache_heap *heap, un
     struct rseq_abi *area;
     cpu_cache_read_index(heap, &area);
   }
-  return ccache_malloc(heap, heap->classes[cls + 1].size);
+  return ccache_malloc_class(heap, cls);
 }
 
 // The cache of this class is empty (or stopped by a remote drain), or the heap is in
@@ -81,24 +77,40 @@ __attribute__((noinline)) static void *malloc_miss(struct ccache_heap *heap, uns
   return hand_out(heap, p, (unsigned)cls);
 }
 
-// Not inlined: ccache_malloc_pop must exist once in the binary (one call site).
-__attribute__((noinline)) void *ccache_malloc(struct ccache_heap *heap, size_t size) {
-  if (__builtin_expect(size > CCACHE_MAX_SMALL, 0)) return large_alloc(heap, size, 0);
-  unsigned long cls = class_of_size(size);
-  if (__builtin_expect(heap->mode.mode != RSEQ_MODE_RSEQ, 0)) return malloc_miss(heap, cls);
+// Off the fast path: CAS mode, or an index the inline read cannot give yet.
+__attribute__((noinline)) static void *malloc_no_index(struct ccache_heap *heap,
+                                                       unsigned long cls) {
+  if (heap->mode.mode == RSEQ_MODE_CAS) return malloc_miss(heap, cls);
+  return malloc_retry(heap, cls, false);
+}
+
+// A small block of class cls. Not inlined: ccache_malloc_pop must exist once in the
+// binary (one call site); every small allocation comes here.
+__attribute__((noinline)) void *ccache_malloc_class(struct ccache_heap *heap, unsigned long cls) {
   struct rseq_abi *area = rseq_tls_area_;
-  if (__builtin_expect(area == NULL, 0)) return malloc_retry(heap, cls, false);
+  if (__builtin_expect(area == NULL, 0)) return malloc_no_index(heap, cls);
   uint32_t *idx = rseq_index_field(area, heap->index_off);
   // Relaxed: the kernel writes the field on return to user space; any current value
   // will do, since the section compares it again.
   uint32_t cpu = __atomic_load_n(idx, __ATOMIC_RELAXED);
-  if (__builtin_expect(cpu >= (uint32_t)heap->ncpus, 0)) return malloc_retry(heap, cls, false);
+  if (__builtin_expect(cpu >= heap->rseq_ncpus, 0)) return malloc_no_index(heap, cls);
   intptr_t item;
   int r = malloc_pop(area, idx, heap->mode.index, (int)cpu,
                      heap->regions + ((size_t)cpu << RSEQ_SLAB_SHIFT), cls, &item);
   if (__builtin_expect(r == RSEQ_ABORT, 0)) return malloc_retry(heap, cls, true);
   if (__builtin_expect(r == RSEQ_CMPFAIL, 0)) return malloc_miss(heap, cls);
   return hand_out(heap, (void *)item, (unsigned)cls);
+}
+
+// Sizes over 1 KiB: the class by arithmetic, or a large block.
+__attribute__((noinline)) void *ccache_malloc_big(struct ccache_heap *heap, size_t size) {
+  if (size > CCACHE_MAX_SMALL) return large_alloc(heap, size, 0);
+  return ccache_malloc_class(heap, ccache_size_to_class(size));
+}
+
+void *ccache_malloc(struct ccache_heap *heap, size_t size) {
+  if (__builtin_expect(size > 1024, 0)) return ccache_malloc_big(heap, size);
+  return ccache_malloc_class(heap, ccache_small_class_table[(size + 15) >> 4]);
 }
 
 __attribute__((noinline, cold)) static void free_not_small(struct ccache_heap *heap, void *ptr) {
@@ -131,6 +143,13 @@ __attribute__((noinline)) static void free_miss(struct ccache_heap *heap, void *
   cpu_cache_overflow(heap, (unsigned)cls, ptr);
 }
 
+// Off the fast path: CAS mode, or an index the inline read cannot give yet.
+__attribute__((noinline)) static void free_no_index(struct ccache_heap *heap, void *ptr,
+                                                    unsigned long cls) {
+  if (heap->mode.mode == RSEQ_MODE_CAS) return free_miss(heap, ptr, cls);
+  free_retry(heap, ptr, false);
+}
+
 // Reports a rejected free (and stops the process) unless `what` is NULL. Not static
 // and not noreturn: the compiler cannot tell that it does not return, so the fast path
 // reaches it with a tail call and needs no frame of its own.
@@ -161,13 +180,12 @@ __attribute__((noinline)) void ccache_free(struct ccache_heap *heap, void *ptr) 
 #endif
   block_set_word(ptr, 0, cookie);
   CCACHE_ASAN_POISON(ptr, heap->classes[cls + 1].size);  // use-after-free is caught
-  if (__builtin_expect(heap->mode.mode != RSEQ_MODE_RSEQ, 0)) return free_miss(heap, ptr, cls);
   struct rseq_abi *area = rseq_tls_area_;
-  if (__builtin_expect(area == NULL, 0)) return free_retry(heap, ptr, false);
+  if (__builtin_expect(area == NULL, 0)) return free_no_index(heap, ptr, cls);
   uint32_t *idx = rseq_index_field(area, heap->index_off);
   // Relaxed: as in ccache_malloc.
   uint32_t cpu = __atomic_load_n(idx, __ATOMIC_RELAXED);
-  if (__builtin_expect(cpu >= (uint32_t)heap->ncpus, 0)) return free_retry(heap, ptr, false);
+  if (__builtin_expect(cpu >= heap->rseq_ncpus, 0)) return free_no_index(heap, ptr, cls);
   int r = free_push(area, idx, heap->mode.index, (int)cpu,
                     heap->regions + ((size_t)cpu << RSEQ_SLAB_SHIFT), cls, (intptr_t)ptr);
   if (__builtin_expect(r == RSEQ_ABORT, 0)) return free_retry(heap, ptr, true);
@@ -179,7 +197,6 @@ void ccache_ignore_frees(struct ccache_heap *heap, const void *start, size_t byt
   heap->ignore_bytes = bytes;
 }
 
-extern __typeof(ccache_malloc) ccache_malloc_local __attribute__((alias("ccache_malloc")));
 extern __typeof(ccache_free) ccache_free_local __attribute__((alias("ccache_free")));
 
 // A small block of this heap that is handed out: its class; else the process stops

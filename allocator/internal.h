@@ -137,6 +137,9 @@ struct ccache_heap {
   struct rseq_percpu_mode mode;
   long index_off;              // byte offset of the index field in an rseq area
   int ncpus;                   // regions (rseq_index_count)
+  // ncpus in RSEQ mode, 0 in CAS mode: the fast paths' one range check of the index
+  // also sends every CAS-mode call to its slow path.
+  uint32_t rseq_ncpus;
   char *regions;               // RSEQ: RSEQ_SLAB_BYTES apart; CAS: `stride` apart
   uintptr_t base;              // the reservation
   size_t reserve_bytes;
@@ -250,6 +253,9 @@ static inline int block_class(const struct ccache_heap *heap, uintptr_t off) {
   uint64_t m = heap->class_div_magic[c1];
   if (__builtin_expect(rel >= heap->classes[c1].blocks_bytes, 0)) return -1;
   if (__builtin_expect(rel * m > m - 1, 0)) return -1;
+  // Entry 0 has blocks_bytes 0: no offset passes its check. Telling the compiler saves
+  // the fast path a test and a branch.
+  if (c1 == 0) __builtin_unreachable();
   return (int)c1 - 1;
 }
 
@@ -326,11 +332,14 @@ __attribute__((noreturn, cold)) void ccache_report_bad_free(const struct ccache_
                                                             const void *ptr, const char *what);
 void ccache_free_rejected(struct ccache_heap *heap, void *ptr, const char *what)
     __attribute__((visibility("hidden")));
-// ccache_malloc and ccache_free under names the malloc replacement (preload.c) calls
-// directly, not through the PLT of libccache_malloc.so.
-void *ccache_malloc_local(struct ccache_heap *heap, size_t size)
-    __attribute__((visibility("hidden")));
+// ccache_free under a name the malloc replacement (preload.c) calls directly, not
+// through the PLT of libccache_malloc.so.
 void ccache_free_local(struct ccache_heap *heap, void *ptr) __attribute__((visibility("hidden")));
+// ccache_malloc's two halves: a block of class cls (where the malloc section is), and
+// sizes over 1 KiB. The malloc replacement looks the small classes up itself.
+void *ccache_malloc_class(struct ccache_heap *heap, unsigned long cls)
+    __attribute__((visibility("hidden")));
+void *ccache_malloc_big(struct ccache_heap *heap, size_t size) __attribute__((visibility("hidden")));
 // The malloc replacement: frees of [start, start + bytes) are ignored, not reported.
 void ccache_ignore_frees(struct ccache_heap *heap, const void *start, size_t bytes);
 

@@ -172,7 +172,8 @@ __attribute__((noinline)) static void free_first(void *ptr) {
 void *malloc(size_t size) {
   struct ccache_heap *h = atomic_load_explicit(&process_heap, memory_order_acquire);
   if (__builtin_expect(h == NULL, 0)) return malloc_first(size);
-  return ccache_malloc_local(h, size);
+  if (__builtin_expect(size > 1024, 0)) return ccache_malloc_big(h, size);
+  return ccache_malloc_class(h, ccache_small_class_table[(size + 15) >> 4]);
 }
 
 void free(void *ptr) {

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # preload_smoke_test: real programs under LD_PRELOAD=libccache_malloc.so give output
 # byte-identical to a run on glibc's malloc, in rseq mode and in CAS mode:
-# python3 building and sorting a large dict, sort(1) on a large generated file, and a
-# gzip round trip. CCACHE_STATS=1 proves the library was really in charge.
+# python3 building and sorting a large dict, perl doing the same with a hash, sort(1)
+# on a large generated file, a gzip round trip, and git reading a repository (log with
+# stats, diffs, every object). CCACHE_STATS=1 proves the library was really in charge.
 set -euo pipefail
 lib="$(pwd)/$1"
 [ -f "$lib" ] || { echo "FAIL: $lib not found"; exit 1; }
@@ -47,7 +48,27 @@ run() {  # name, then the command
   done
 }
 
+# A small repository with fixed authors and dates (built on glibc's malloc): git's
+# output is then the same on every run.
+repo="$tmp/repo"
+rm -rf "$repo"
+export GIT_AUTHOR_NAME=t GIT_AUTHOR_EMAIL=t@example.com GIT_COMMITTER_NAME=t
+export GIT_COMMITTER_EMAIL=t@example.com GIT_CONFIG_NOSYSTEM=1 HOME="$tmp"
+git init -q "$repo"
+for i in 1 2 3 4 5 6; do
+  python3 -c "import random
+random.seed($i)
+for k in range(3000): print(k, random.randrange(10**6))" > "$repo/file$((i % 3)).txt"
+  git -C "$repo" add -A
+  GIT_AUTHOR_DATE="2026-01-0$i 12:00:00 +0000" GIT_COMMITTER_DATE="2026-01-0$i 12:00:00 +0000" \
+    git -C "$repo" commit -q -m "commit $i"
+done
+pl='srand(42); my %h; for my $i (1..200000) { $h{int(rand(1e7))} = "x" x ($i % 13) }
+my @k = sort { $a <=> $b } keys %h; print scalar(@k), " @k[0..4] ", length(join("", values %h)), "\n";'
+
 run python3 python3 -c "$py"
+run perl perl -e "$pl"
+run git bash -c "git -C '$repo' log --stat --format='%H %s' && git -C '$repo' diff HEAD~5 HEAD | md5sum && git -C '$repo' rev-list --objects --all | git -C '$repo' cat-file --batch-check"
 run sort sort "$tmp/input.txt"
 run gzip bash -c "gzip -c '$tmp/input.txt' | gzip -dc | md5sum"
 [ $fail -eq 0 ] && echo PASS

@@ -26,6 +26,7 @@
 
 #include "ring/ring.h"
 #include "rseq/testing.h"
+#include "sanitizers/sanitizers.h"
 #include "stress/causes.h"
 #include "stress/cgroup.h"
 #include "stress/forcers.h"
@@ -516,6 +517,15 @@ int main(int argc, char **argv) {
   test_init(argc, argv);
   parse(argc, argv);
   job_seed = test_seed(job_seed);
+  // Sanitizers slow the code around the sections, not the sections (asm, with their
+  // delay loops): scale the delays so that the threads spend about as much of their
+  // time inside sections as in a plain build, and forced migrations, signals and fences
+  // land in them about as often.
+  uint32_t scale = CCACHE_HAVE_TSAN ? 10 : CCACHE_HAVE_ASAN || CCACHE_HAVE_MSAN ? 4 : 1;
+  if (scale > 1) {
+    printf("stress_job: %s build: delay loops x%u\n", ccache_sanitizer_names(), scale);
+    opt.inject_loops *= scale;
+  }
   if (opt.threads <= 0) {
     int cpus[1024];
     opt.threads = opt.work->default_threads_per_cpu * test_allowed_cpus(cpus, 1024);
