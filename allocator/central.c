@@ -56,23 +56,34 @@ static void list_remove(struct central *c, struct span *s) {
   s->next = s->prev = NULL;
 }
 
-// A new span: every block is free, with its cookie, on the span's free list (the
-// first block at the head, so refills hand out ascending addresses).
+// A new span: nothing carved yet (its memory is not touched until a refill needs its
+// blocks).
 static struct span *grow(struct ccache_heap *heap, unsigned cls) {
   struct span *s = page_heap_alloc_small(heap, cls);
   if (!s) return NULL;
-  void *next = NULL;
-  for (uint32_t i = s->nobjs; i-- > 0;) {
-    void *b = (void *)(s->start + (uintptr_t)i * s->obj_size);
-    block_set_word(b, 0, block_cookie(heap, b));
-    block_set_word(b, 1, (uint64_t)(uintptr_t)next);
-    next = b;
-  }
-  s->free = next;
-  s->nfree = s->nobjs;
-  // Free blocks are poisoned until handed out (ASan).
-  CCACHE_ASAN_POISON((void *)s->start, s->npages << PAGE_SHIFT);
+  s->free = NULL;
+  s->nfree = s->carve = s->carved_pages = 0;
   return s;
+}
+
+// Carve the span's next block. The first block taken from a page initializes the
+// whole page first: every block that starts in it gets its cookie (free), and the
+// page gets its class_of_page word, so frees of its blocks take the fast path and a
+// free of one never taken is caught as a double free. Later pages stay untouched.
+static void *carve(struct ccache_heap *heap, struct span *s) {
+  uint32_t i = s->carve, size = s->obj_size;
+  size_t page = ((uintptr_t)i * size) >> PAGE_SHIFT;
+  while (s->carved_pages <= page) {
+    uintptr_t lo = (uintptr_t)s->carved_pages << PAGE_SHIFT, hi = lo + PAGE_SIZE;
+    for (uintptr_t k = (lo + size - 1) / size; k < s->nobjs && k * size < hi; k++) {
+      void *b = (void *)(s->start + k * size);
+      block_set_word(b, 0, block_cookie(heap, b));
+    }
+    page_heap_set_class_page(heap, s, s->carved_pages++);
+  }
+  // Relaxed: the free slow path reads carve without the lock; it only grows.
+  __atomic_store_n(&s->carve, i + 1, __ATOMIC_RELAXED);
+  return (void *)(s->start + (uintptr_t)i * size);
 }
 
 int central_take(struct ccache_heap *heap, unsigned cls, void **out, int n) {
@@ -104,7 +115,11 @@ int central_take(struct ccache_heap *heap, unsigned cls, void **out, int n) {
       c->free_blocks--;
       out[got++] = b;
     }
-    if (s->nfree == 0) list_remove(c, s);
+    while (got < n && s->carve < s->nobjs) {
+      out[got++] = carve(heap, s);
+      c->free_blocks--;
+    }
+    if (s->nfree == 0 && s->carve == s->nobjs) list_remove(c, s);
   }
   pthread_mutex_unlock(central_lock_of(heap, cls));
   return got;
@@ -117,9 +132,10 @@ static void give_to_span(struct ccache_heap *heap, struct central *c, void *b) {
   struct span *s = span_of(heap, (uintptr_t)b);
   block_set_word(b, 1, (uint64_t)(uintptr_t)s->free);
   s->free = b;
-  if (s->nfree++ == 0) list_push(c, s);
+  if (s->nfree++ == 0 && s->carve == s->nobjs) list_push(c, s);  // else already listed
   c->free_blocks++;
-  if (s->nfree == s->nobjs && c->free_blocks >= 2 * (uint64_t)s->nobjs) {
+  // Entirely free: every carved block is back on the span's list.
+  if (s->nfree == s->carve && c->free_blocks >= 2 * (uint64_t)s->nobjs) {
     list_remove(c, s);
     c->nspans--;
     c->total_blocks -= s->nobjs;

@@ -189,6 +189,10 @@ static int push_batch(struct ccache_heap *heap, unsigned cls, void *const *items
   }
 }
 
+bool cpu_cache_push_one(struct ccache_heap *heap, unsigned cls, void *block) {
+  return push_batch(heap, cls, &block, 1) == 1;
+}
+
 // Pop up to n items from the calling thread's cache into out, in the order they lie
 // in the stack (the top last); returns how many.
 static int pop_batch(struct ccache_heap *heap, unsigned cls, void **out, int n) {

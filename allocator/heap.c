@@ -150,19 +150,49 @@ __attribute__((noinline)) static void free_no_index(struct ccache_heap *heap, vo
   free_retry(heap, ptr, false);
 }
 
-// Reports a rejected free (and stops the process) unless `what` is NULL. Not static
-// and not noreturn: the compiler cannot tell that it does not return, so the fast path
-// reaches it with a tail call and needs no frame of its own.
+int block_class_carved(const struct ccache_heap *heap, uintptr_t off) {
+  int c = block_class(heap, off);
+  if (c >= 0) return c;
+  // The page's word is not set yet: a span still being carved, or no block at all.
+  struct span *s = span_of(heap, heap->base + off);
+  if (!s || s->kind != SPAN_SMALL) return -1;
+  uint64_t rel = heap->base + off - s->start;
+  // Relaxed: carve only grows; a block below it was carved before it was handed out.
+  uint32_t carved = __atomic_load_n(&s->carve, __ATOMIC_RELAXED);
+  if (rel % s->obj_size || rel / s->obj_size >= carved) return -1;
+  return (int)s->cls;
+}
+
+// The free of a block whose page's class word is 0: a block of a span still being
+// carved (free it, slowly), or not a block of this heap (report it). Not static and
+// not noreturn: the fast path reaches it with a tail call and keeps no frame.
+__attribute__((noinline, cold)) void ccache_free_slow(struct ccache_heap *heap, void *ptr) {
+  uintptr_t off = (uintptr_t)ptr - heap->base;
+  int c = block_class_carved(heap, off);
+  if (c < 0) {
+    const char *what = "invalid free (not the start of a block)";
+    struct span *s = span_of(heap, (uintptr_t)ptr);
+    if (!s || s->kind != SPAN_SMALL) what = "invalid free (no block of this heap there)";
+    else if ((off - (s->start - heap->base)) % s->obj_size == 0)
+      what = "invalid free (a block never handed out)";
+    ccache_report_bad_free(heap, ptr, what);
+  }
+  uint64_t cookie = block_cookie(heap, ptr);
+#ifndef CCACHE_NO_FREE_CHECKS
+  if (block_word(ptr, 0) == cookie)
+    ccache_report_bad_free(heap, ptr, "double free (or free of a block never handed out)");
+#endif
+  block_set_word(ptr, 0, cookie);
+  CCACHE_ASAN_POISON(ptr, heap->classes[c + 1].size);
+  if (heap->mode.mode == RSEQ_MODE_CAS ? !cpu_cache_push_cas(heap, (unsigned)c, ptr)
+                                       : !cpu_cache_push_one(heap, (unsigned)c, ptr))
+    cpu_cache_overflow(heap, (unsigned)c, ptr);
+}
+
+// A double free, reported (the process stops). Not static and not noreturn, as above.
 __attribute__((noinline, cold)) void ccache_free_rejected(struct ccache_heap *heap, void *ptr,
                                                           const char *what) {
-  if (!what) return;
-  if (!strcmp(what, "invalid")) {  // say which check failed
-    uintptr_t off = (uintptr_t)ptr - heap->base;
-    what = __atomic_load_n(&heap->class_of_page[off >> PAGE_SHIFT], __ATOMIC_RELAXED)
-               ? "invalid free (not the start of a block)"
-               : "invalid free (no block of this heap there)";
-  }
-  ccache_report_bad_free(heap, ptr, what);
+  if (what) ccache_report_bad_free(heap, ptr, what);
 }
 
 // Not inlined: ccache_free_push must exist once in the binary (one call site).
@@ -170,8 +200,7 @@ __attribute__((noinline)) void ccache_free(struct ccache_heap *heap, void *ptr) 
   uintptr_t off = (uintptr_t)ptr - heap->base;  // NULL and large blocks fall outside
   if (__builtin_expect(off >= heap->reserve_bytes, 0)) return free_not_small(heap, ptr);
   int c = block_class(heap, off);
-  if (__builtin_expect(c < 0, 0))
-    return ccache_free_rejected(heap, ptr, "invalid");
+  if (__builtin_expect(c < 0, 0)) return ccache_free_slow(heap, ptr);
   unsigned long cls = (unsigned)c;
   uint64_t cookie = block_cookie(heap, ptr);
 #ifndef CCACHE_NO_FREE_CHECKS
@@ -203,7 +232,7 @@ extern __typeof(ccache_free) ccache_free_local __attribute__((alias("ccache_free
 // with a report (`what` says which call).
 static unsigned live_small_block(struct ccache_heap *heap, const void *ptr, const char *not_ours,
                                  const char *not_allocated) {
-  int cls = block_class(heap, (uintptr_t)ptr - heap->base);
+  int cls = block_class_carved(heap, (uintptr_t)ptr - heap->base);
   if (cls < 0) ccache_report_bad_free(heap, ptr, not_ours);
   if (block_is_free(heap, ptr)) ccache_report_bad_free(heap, ptr, not_allocated);
   return (unsigned)cls;
@@ -214,7 +243,7 @@ void ccache_free_sized(struct ccache_heap *heap, void *ptr, size_t size) {
   if ((uintptr_t)ptr - heap->base < heap->reserve_bytes) {
     // A block may sit in a larger class than its size maps to (aligned allocations),
     // so the size can only be checked against the block's size.
-    int cls = block_class(heap, (uintptr_t)ptr - heap->base);
+    int cls = block_class_carved(heap, (uintptr_t)ptr - heap->base);
     if (cls >= 0 && size > heap->classes[cls + 1].size)
       ccache_report_bad_free(heap, ptr, "sized free with a size larger than the block");
   } else if (large_usable_size(heap, ptr) < size) {
@@ -239,7 +268,7 @@ size_t ccache_malloc_usable_size(struct ccache_heap *heap, const void *ptr) {
 bool ccache_owns(struct ccache_heap *heap, const void *ptr) {
   uintptr_t a = (uintptr_t)ptr;
   if (a - heap->base < heap->reserve_bytes)
-    return block_class(heap, a - heap->base) >= 0 && !block_is_free(heap, ptr);
+    return block_class_carved(heap, a - heap->base) >= 0 && !block_is_free(heap, ptr);
   return ptr && large_usable_size(heap, ptr) != 0;
 }
 
@@ -392,7 +421,7 @@ void ccache_get_stats(struct ccache_heap *heap, struct ccache_stats *out) {
 static void check_free_block(struct ccache_heap *heap, unsigned cls, const void *b,
                              const char *where, int *rc) {
   uintptr_t off = (uintptr_t)b - heap->base;
-  int c = off < heap->reserve_bytes ? block_class(heap, off) : -1;
+  int c = off < heap->reserve_bytes ? block_class_carved(heap, off) : -1;
   if (c != (int)cls) {
     fprintf(stderr, "ccache_check_heap: %s of class %u holds %p, a block of class %d\n", where, cls, b, c);
     *rc = -1;
@@ -405,7 +434,7 @@ static void check_free_block(struct ccache_heap *heap, unsigned cls, const void 
 int ccache_check_heap(struct ccache_heap *heap) {
   int rc = 0;
   uint64_t marked[CCACHE_NUM_CLASSES] = {0}, on_spans[CCACHE_NUM_CLASSES] = {0};
-  uint64_t spans_seen[CCACHE_NUM_CLASSES] = {0};
+  uint64_t spans_seen[CCACHE_NUM_CLASSES] = {0}, uncarved[CCACHE_NUM_CLASSES] = {0};
   void *items[256];  // a class's capacity is at most 128
   for (unsigned s = 0; s < CENTRAL_STRIPES; s++) pthread_mutex_lock(&heap->central_lock[s].lock);
   pthread_mutex_lock(&heap->page_lock);
@@ -425,11 +454,20 @@ int ccache_check_heap(struct ccache_heap *heap) {
     uint64_t word = (uint64_t)(s->start - heap->base) | (s->cls + 1);
     for (size_t k = 0; k < s->npages; k++) {
       if (heap->span_of_page[pg + k] != s) FAIL_CHECK("span %p: page %zu unmapped", (void *)s, k);
-      if (heap->class_of_page[pg + k] != word) FAIL_CHECK("span %p: page %zu class word %#lx, want %#lx", (void *)s, k, (unsigned long)heap->class_of_page[pg + k], (unsigned long)word);
+      // Set exactly for the initialized pages.
+      uint64_t want = k < s->carved_pages ? word : 0;
+      if (heap->class_of_page[pg + k] != want) FAIL_CHECK("span %p: page %zu class word %#lx, want %#lx (carved %u of %u blocks)", (void *)s, k, (unsigned long)heap->class_of_page[pg + k], (unsigned long)want, s->carve, s->nobjs);
     }
+    // Blocks that start in an initialized page: taken ones (below carve) and the rest,
+    // which carry their cookie until taken.
+    uint32_t inited = (uint32_t)(((uintptr_t)s->carved_pages * PAGE_SIZE + s->obj_size - 1) / s->obj_size);
+    if (inited > s->nobjs) inited = s->nobjs;
+    if (s->carve > inited) FAIL_CHECK("span %p: %u blocks taken, %u initialized", (void *)s, s->carve, inited);
     uint32_t free_marked = 0;
-    for (uint32_t i = 0; i < s->nobjs; i++)
+    for (uint32_t i = 0; i < inited; i++)
       free_marked += block_is_free(heap, (void *)(s->start + (uintptr_t)i * s->obj_size));
+    if (free_marked < inited - s->carve) FAIL_CHECK("span %p: %u blocks initialized and never taken, only %u marked free", (void *)s, inited - s->carve, free_marked);
+    free_marked -= inited - s->carve;  // the carved ones only
     uint32_t listed = 0;
     for (void *b = s->free; b && listed <= s->nobjs; b = (void *)(uintptr_t)block_word(b, 1)) {
       if ((uintptr_t)b < s->start || (uintptr_t)b >= s->start + (s->npages << PAGE_SHIFT)) {
@@ -441,7 +479,8 @@ int ccache_check_heap(struct ccache_heap *heap) {
     }
     if (listed != s->nfree) FAIL_CHECK("span %p class %u: nfree %u, %u blocks on its free list", (void *)s, s->cls, s->nfree, listed);
     marked[s->cls] += free_marked;
-    on_spans[s->cls] += s->nfree;
+    on_spans[s->cls] += s->nfree + (s->nobjs - s->carve);
+    uncarved[s->cls] += s->nobjs - s->carve;
     spans_seen[s->cls]++;
     pg += s->npages;
   }
@@ -449,7 +488,7 @@ int ccache_check_heap(struct ccache_heap *heap) {
   for (unsigned c = 0; c < CCACHE_NUM_CLASSES; c++) {
     struct central *ce = &heap->central[c];
     for (uint32_t k = 0; k < ce->ntransfer; k++) check_free_block(heap, c, ce->transfer[k], "the transfer cache", &rc);
-    if (ce->free_blocks != ce->ntransfer + on_spans[c]) FAIL_CHECK("class %u: central count %lu, %u in the transfer cache + %lu on spans", c, (unsigned long)ce->free_blocks, ce->ntransfer, (unsigned long)on_spans[c]);
+    if (ce->free_blocks != ce->ntransfer + on_spans[c]) FAIL_CHECK("class %u: central count %lu, %u in the transfer cache + %lu free or uncarved in spans", c, (unsigned long)ce->free_blocks, ce->ntransfer, (unsigned long)on_spans[c]);
     if (ce->nspans != spans_seen[c]) FAIL_CHECK("class %u: %lu spans counted, %lu found", c, (unsigned long)ce->nspans, (unsigned long)spans_seen[c]);
     uint64_t in_caches = 0;
     for (int cpu = 0; cpu < heap->ncpus; cpu++) {
@@ -459,7 +498,8 @@ int ccache_check_heap(struct ccache_heap *heap) {
     }
     // Every free-marked block is in exactly one place: a CPU cache, the transfer cache
     // or its span's free list.
-    if (marked[c] != in_caches + ce->ntransfer + on_spans[c]) FAIL_CHECK("class %u: %lu blocks marked free, %lu in CPU caches + %u transfer + %lu on spans", c, (unsigned long)marked[c], (unsigned long)in_caches, ce->ntransfer, (unsigned long)on_spans[c]);
+    uint64_t listed_free = on_spans[c] - uncarved[c];
+    if (marked[c] != in_caches + ce->ntransfer + listed_free) FAIL_CHECK("class %u: %lu carved blocks marked free, %lu in CPU caches + %u transfer + %lu on span lists", c, (unsigned long)marked[c], (unsigned long)in_caches, ce->ntransfer, (unsigned long)listed_free);
   }
   for (unsigned s = CENTRAL_STRIPES; s-- > 0;) pthread_mutex_unlock(&heap->central_lock[s].lock);
   return rc;

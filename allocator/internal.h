@@ -13,8 +13,9 @@
 //   two page maps, indexed by (addr - base) >> 13, out of band:
 //     span_of_page[p]  struct span *   (slow paths: central lists, page heap, checks)
 //     class_of_page[p] u64: the span's start offset from base | (class + 1), 0 when
-//                      the page holds no small span. The free fast path needs only
-//                      this word: class, and the block-start check against the span.
+//                      the page holds no small span, or blocks of it not carved yet.
+//                      The free fast path needs only this word: the class, and the
+//                      block-start check against the span.
 //
 //   span (class c): pages cut into blocks of class_size(c), nothing else in them:
 //   +---------+---------+---------+-- ... --+---------+-------+
@@ -47,9 +48,15 @@
 //                     (or held by a thread between a central batch and a cache push)
 //   in central        word 0 == cookie; in its class's transfer cache, or on its
 //                     span's free list (span->nfree counts them)
-// Every block of a span is in exactly one of these places. A new span writes the
-// cookie into every block (they are all free), so a free of a block never handed out
-// is caught like a double free.
+//   not carved yet    a new span's blocks are carved lazily, in address order, when a
+//                     refill needs them (block i < span->carve: carved). The first
+//                     block taken from a page initializes the page: its blocks get
+//                     their cookies and the page its class_of_page word. Pages
+//                     further on were never touched and hold anything.
+// Every block of a span is in exactly one of these places. The free fast path reads a
+// class_of_page word of 0 for pages not initialized and leaves for a slow path that
+// reports the pointer; a free of an initialized block never taken finds its cookie and
+// is reported as a double free.
 //
 // The free checks, in order: the page holds a small span (class_of_page), the address
 // is a block start in it (offset divisible by the class size, below the last block),
@@ -93,6 +100,13 @@ struct span {
   uint32_t obj_size;
   uint32_t nobjs;
   uint32_t nfree;     // blocks on `free`
+  // Blocks [0, carve) have been carved (taken out of the span at least once). Only
+  // grows; read without the lock by the free slow path (relaxed).
+  uint32_t carve;
+  // Pages [0, carved_pages) are initialized: every block starting in them has been
+  // taken or holds its cookie, and their class_of_page word is set. The rest of the
+  // span was never touched.
+  uint32_t carved_pages;
   void *free;         // free blocks in this span, linked through their word 1
   struct span *next, *prev;  // central list of its class, or a page-heap free list
   struct span *meta_next;    // the metadata arena's recycle list
@@ -112,8 +126,8 @@ struct class_info {
 struct central {
   void **transfer;         // whole batches moved between CPU caches, no span touched
   uint32_t ntransfer, transfer_cap;
-  struct span *nonempty;   // spans with nfree > 0
-  uint64_t free_blocks;    // ntransfer + sum of nfree
+  struct span *nonempty;   // spans with a free or an uncarved block
+  uint64_t free_blocks;    // ntransfer + sum over spans of nfree + (nobjs - carve)
   uint64_t nspans, total_blocks;
 };
 
@@ -274,11 +288,13 @@ void meta_span_free(struct ccache_heap *heap, struct span *s);
 // page_heap.c
 size_t span_pages_for_class(unsigned cls);
 void class_info_init(struct ccache_heap *heap);
-// A small span of class cls (page_lock taken inside), its blocks not yet carved;
-// NULL when the OS refuses.
+// A small span of class cls (page_lock taken inside), none of its blocks carved and
+// its class_of_page words 0; NULL when the OS refuses.
 struct span *page_heap_alloc_small(struct ccache_heap *heap, unsigned cls);
 // Give an entirely free small span back (page_lock taken inside).
 void page_heap_free_small(struct ccache_heap *heap, struct span *s);
+// The class_of_page word of page `page` (span s): set once all its blocks are carved.
+void page_heap_set_class_page(struct ccache_heap *heap, const struct span *s, size_t page);
 static inline struct span *span_of(const struct ccache_heap *heap, uintptr_t addr) {
   uintptr_t off = addr - heap->base;
   // Relaxed: committed only grows, and an address below it was handed out after it grew.
@@ -310,6 +326,9 @@ bool cpu_cache_push_cas(struct ccache_heap *heap, unsigned cls, void *block);  /
 // or full (overflow: takes `block` too).
 void *cpu_cache_refill(struct ccache_heap *heap, unsigned cls);
 void cpu_cache_overflow(struct ccache_heap *heap, unsigned cls, void *block);
+// One block into the calling thread's cache by the batch section (the free slow path);
+// false when the cache is full or stopped.
+bool cpu_cache_push_one(struct ccache_heap *heap, unsigned cls, void *block);
 uint64_t cpu_cache_count(const struct ccache_heap *heap, int cpu, unsigned cls);
 int cpu_cache_items(const struct ccache_heap *heap, int cpu, unsigned cls, void **out);
 int cpu_cache_drain(struct ccache_heap *heap, int cpu);
@@ -328,10 +347,14 @@ static inline pthread_mutex_t *central_lock_of(struct ccache_heap *heap, unsigne
 }
 
 // heap.c
+// The class of a block that starts at `off` in a small span and was carved, whatever
+// its page's class_of_page word says yet; -1 otherwise. Slow paths only.
+int block_class_carved(const struct ccache_heap *heap, uintptr_t off);
 __attribute__((noreturn, cold)) void ccache_report_bad_free(const struct ccache_heap *heap,
                                                             const void *ptr, const char *what);
 void ccache_free_rejected(struct ccache_heap *heap, void *ptr, const char *what)
     __attribute__((visibility("hidden")));
+void ccache_free_slow(struct ccache_heap *heap, void *ptr) __attribute__((visibility("hidden")));
 // ccache_free under a name the malloc replacement (preload.c) calls directly, not
 // through the PLT of libccache_malloc.so.
 void ccache_free_local(struct ccache_heap *heap, void *ptr) __attribute__((visibility("hidden")));

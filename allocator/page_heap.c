@@ -53,8 +53,10 @@ void meta_span_free(struct ccache_heap *heap, struct span *s) {
 // ---------------------------------------------------------------------------------
 // Spans.
 
-// At least 8 blocks (4 from 64 KiB up) and one page. Small spans keep a class's
-// partly used memory small (a new span is touched whole: every block gets its cookie).
+// At least 8 blocks (4 from 64 KiB up) and one page. Pages are initialized as blocks
+// are taken from them, so a span's untouched tail costs address space, not memory.
+// (Spans of one or two big blocks were tried: they come and go with every few frees,
+// and the page heap's free pages then held more memory than the spans did.)
 size_t span_pages_for_class(unsigned cls) {
   size_t size = ccache_class_size(cls);
   size_t bytes = size >= 64 * 1024 ? 4 * size : 8 * size;
@@ -76,12 +78,19 @@ void class_info_init(struct ccache_heap *heap) {
 }
 
 static inline void set_class_page(struct ccache_heap *heap, size_t page, uint64_t v) {
-  // Relaxed: readers that need the word got their block through a synchronizing path.
+  // Relaxed: a reader that needs the word frees a block it got through a synchronizing
+  // path after the block was carved; one that reads a stale 0 takes the slow path.
   __atomic_store_n(&heap->class_of_page[page], v, __ATOMIC_RELAXED);
 }
 
+
 static inline size_t page_of(const struct ccache_heap *heap, uintptr_t addr) {
   return (addr - heap->base) >> PAGE_SHIFT;
+}
+
+void page_heap_set_class_page(struct ccache_heap *heap, const struct span *s, size_t page) {
+  set_class_page(heap, page_of(heap, s->start) + page,
+                 (uint64_t)(s->start - heap->base) | (s->cls + 1));
 }
 
 static inline void set_page(struct ccache_heap *heap, size_t page, struct span *s) {
@@ -207,15 +216,13 @@ struct span *page_heap_alloc_small(struct ccache_heap *heap, unsigned cls) {
   s->obj_size = size;
   s->nobjs = nobjs;
   size_t first = page_of(heap, s->start);
-  uint64_t class_word = (uint64_t)(s->start - heap->base) | (cls + 1);
-  for (size_t i = 0; i < n; i++) {
-    set_page(heap, first + i, s);
-    set_class_page(heap, first + i, class_word);
-  }
+  // class_of_page stays 0 (as a free run left it) until the page's blocks are carved.
+  for (size_t i = 0; i < n; i++) set_page(heap, first + i, s);
   pthread_mutex_unlock(&heap->page_lock);
   meta_span_free(heap, run);
-  // The caller writes every block's words: make the span addressable to ASan first.
-  CCACHE_ASAN_UNPOISON((void *)s->start, n << PAGE_SHIFT);
+  // Free and uncarved blocks are poisoned until handed out (ASan); the span may hold
+  // old data.
+  CCACHE_ASAN_POISON((void *)s->start, n << PAGE_SHIFT);
   return s;
 }
 
