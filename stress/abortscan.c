@@ -11,6 +11,8 @@
 //     thread that reaches it (any thread: clones are traced too); the original byte is
 //     restored and the thread resumed. A ptrace stop inside a critical section makes
 //     the kernel abort it when the thread returns to user space;
+//   - a run that takes over 30 s is killed and reported as hung (a forced abort that
+//     corrupts a list can make the workload loop for ever);
 //   - checks: inside the section, the section's abort counter moved (aborted?); its
 //     commit count equals the undisturbed baseline's (the retry committed exactly
 //     once); the workload's own invariants hold (exit 0). At post_commit_ip: no extra
@@ -57,6 +59,20 @@ static const char *index_name = "cpu";
 // went on normally, -1 unknown. `abort_target_off` is where the handler jumps.
 static int landed_in_abort;
 static uint64_t abort_target_off;
+
+// A workload run that takes longer than this is killed and counts as hung (a forced
+// abort that corrupts a list can make the workload loop for ever).
+#define RUN_TIMEOUT_S 30
+#define RSEQ_STR_S_(x) #x
+#define RSEQ_STR_S(x) RSEQ_STR_S_(x)
+static volatile sig_atomic_t hung;
+static volatile pid_t running_pid;
+
+static void on_alarm(int sig) {
+  (void)sig;
+  hung = 1;
+  if (running_pid > 0) kill(running_pid, SIGKILL);
+}
 
 static int run_workload(uint64_t bp_off, bool *hit, char *out, size_t out_size, bool list) {
   int fds[2];
@@ -110,6 +126,10 @@ static int run_workload(uint64_t bp_off, bool *hit, char *out, size_t out_size, 
     }
   }
   *hit = false;
+  hung = 0;
+  running_pid = pid;
+  signal(SIGALRM, on_alarm);
+  alarm(RUN_TIMEOUT_S);
   ptrace(PTRACE_CONT, pid, 0, 0);
   int result = -1;
   size_t len = 0;
@@ -153,6 +173,8 @@ static int run_workload(uint64_t bp_off, bool *hit, char *out, size_t out_size, 
     // New threads start with SIGSTOP; other signals go to the workload.
     ptrace(PTRACE_CONT, t, 0, (sig == SIGSTOP || sig == SIGTRAP) ? 0 : sig);
   }
+  alarm(0);
+  running_pid = 0;
   for (;;) {
     ssize_t n = read(fds[0], out + len, out_size - 1 - len);
     if (n <= 0) break;
@@ -346,7 +368,7 @@ int main(int argc, char **argv) {
       status = run_workload(off, &hit, out, sizeof out, false);
       long committed = -1, aborted = -1;
       bool counted = counters_of(out, sec->name, &committed, &aborted);
-      bool inv = WIFEXITED(status) && WEXITSTATUS(status) == 0 && strstr(out, "INVARIANTS OK");
+      bool inv = !hung && WIFEXITED(status) && WEXITSTATUS(status) == 0 && strstr(out, "INVARIANTS OK");
       // Precise: where the single step after the stop landed; the counter only confirms
       // that the C abort path ran. Not "more than the baseline": the undisturbed run can
       // itself be preempted inside this section on a loaded machine.
@@ -357,7 +379,8 @@ int main(int argc, char **argv) {
       char text[96];
       snprintf(text, sizeof text, "%s %s%s", insn[k].mnemonic, insn[k].op_str, where);
       printf("| %s | +%lu | `%s` | %s | %s | %s | %s |\n", sec->name, (unsigned long)(off - sec->start), text,
-             !hit ? "not reached" : did_abort ? "yes" : "no", once ? "yes" : "NO", inv ? "yes" : "NO",
+             !hit ? "not reached" : did_abort ? "yes" : "no", once ? "yes" : "NO",
+             hung ? "HUNG (killed after " RSEQ_STR_S(RUN_TIMEOUT_S) " s)" : inv ? "yes" : "NO",
              ok ? "ok" : "FAIL");
       if (js)
         fprintf(js,
