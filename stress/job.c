@@ -33,6 +33,7 @@
 #include "stress/seen.h"
 
 struct rseq_percpu_mode job_mode;
+static bool migrate_us_given;  // --migrate-us on the command line
 int job_nslots;
 uint64_t job_seed = 1;
 
@@ -490,6 +491,7 @@ static void parse(int argc, char **argv) {
       opt.force.storm_burst = atoi(v);
     } else if (FLAG("--migrate-us")) {
       opt.force.migrate_us = atol(v);
+      migrate_us_given = true;
     } else if (FLAG("--fence-us")) {
       opt.force.fence_us = atol(v);
     } else if (FLAG("--cgroup-us")) {
@@ -526,6 +528,8 @@ int main(int argc, char **argv) {
     printf("stress_job: %s build: delay loops x%u\n", ccache_sanitizer_names(), scale);
     opt.inject_loops *= scale;
   }
+  if (!migrate_us_given && opt.work->default_migrate_us > 0)
+    opt.force.migrate_us = opt.work->default_migrate_us;
   if (opt.threads <= 0) {
     int cpus[1024];
     opt.threads = opt.work->default_threads_per_cpu * test_allowed_cpus(cpus, 1024);

@@ -3,7 +3,8 @@
 // to other workers through an exchange and freed there, and now and then a remote
 // drain of a random CPU's cache. Every block carries its size and a check word and is
 // filled with a pattern, verified when it is freed (and by realloc). The CPU caches
-// are small, so refills and drains are frequent. Checks after every round:
+// are small (8 KiB per CPU: two to a few dozen blocks a class), so refills and
+// overflows, and so the batch sections, are frequent. Checks after every round:
 // ccache_check_heap; at the end, with every block freed and the caches drained, no
 // byte is in use.
 #include <stdatomic.h>
@@ -71,7 +72,7 @@ static void release(struct header *h) {
 static void setup(int nworkers) {
   (void)nworkers;
   struct ccache_options o = {.mode = job_mode.mode, .index = job_mode.index,
-                             .cpu_cache_bytes = 32 * 1024};
+                             .cpu_cache_bytes = 8 * 1024};
   heap = ccache_heap_create(&o);
   CHECK(heap != NULL, "ccache_heap_create");
 }
@@ -178,6 +179,7 @@ const struct workload work_alloc = {
     .name = "alloc",
     .sections = sections,
     .default_threads_per_cpu = 2,
+    .default_migrate_us = 50,
     .setup = setup,
     .op = op,
     .round_end = round_end,
