@@ -363,6 +363,11 @@ int rseq_resolve_mode(enum rseq_mode requested, enum rseq_index index,
     errno = EINVAL;
     return -1;
   }
+  // Probe now, in CAS mode too: the probe runs under pthread_once, which is not
+  // async-signal-safe. Left to the first index read, it can run in a producer whose
+  // signal handler then offers too (rings are async-signal-safe): the handler waits
+  // for the once that its own thread is running, for ever (mpsc_test_cas under ASan).
+  rseq_available();
   out->index = index;
   if (requested == RSEQ_MODE_CAS) {
     out->mode = RSEQ_MODE_CAS;

@@ -109,6 +109,27 @@ static inline struct rseq_slab_header *rseq_slab_header(char *region, unsigned l
 #define RSEQ_SLAB_ENTER_(id, index, cpu, region, cls) \
   rseq_section_enter_((id), (index), (cpu), rseq_slab_header((region), (cls)))
 
+// The pieces every slab section shares: its tables and start (the descriptor, pointer,
+// registry entry and name; the exit to cmpfail; arm, then compare the CPU), its end
+// (compare twice in the debug variants, the commit of cur, the abort handler), its
+// clobbers and exits, and the C after it.
+#define RSEQ_SLAB_ASM_START_(name)                \
+  RSEQ_ASM_DEFINE_TABLE(#name)                    \
+  RSEQ_ASM_DEFINE_EXIT_POINT("1f", cmpfail)       \
+  RSEQ_ASM_START
+#define RSEQ_SLAB_ASM_COMMIT_                                       \
+  RSEQ_ASM_CMP_CPU_TWICE                                            \
+  "movl %k[cur], 16(%[region], %[cls], 8)\n\t" /* the commit */   \
+  "2:\n\t"                                                        \
+  RSEQ_ASM_DEFINE_ABORT
+#define RSEQ_SLAB_CLOBBERS_ "memory", "cc", "rax" RSEQ_INJECT_CLOBBER : abort, cmpfail RSEQ_SLAB_GOTO_ERROR_
+#define RSEQ_SLAB_EXITS_(name)                                                             \
+  abort:                                                                                   \
+  return RSEQ_ABORT; /* the caller counts it: RSEQ_SLAB_COUNT_ABORT, on its slow path */   \
+  cmpfail:                                                                                 \
+  return rseq_section_cmpfailed_(id, rseq_slab_header(region, cls));                       \
+  RSEQ_SLAB_ERROR_BLOCK_(name, cpu)
+
 // --------------------------------------------------------------------------------
 // Pop one item.
 //   if (cpu != current) abort;
@@ -128,9 +149,7 @@ static inline struct rseq_slab_header *rseq_slab_header(char *region, unsigned l
     register intptr_t item RSEQ_SLAB_REG_("r11");                                             \
     register unsigned long cur RSEQ_SLAB_REG_("r10");                                         \
     RSEQ_SLAB_ENTER_(id, index, cpu, region, cls);                                            \
-    __asm__ goto(RSEQ_ASM_DEFINE_TABLE(#name)                                                 \
-                 RSEQ_ASM_DEFINE_EXIT_POINT("1f", cmpfail)                                    \
-                 RSEQ_ASM_START                                                               \
+    __asm__ goto(RSEQ_SLAB_ASM_START_(name)                                                   \
                  "movzwl 20(%[region], %[cls], 8), %%eax\n\t" /* begin, then cur */           \
                  RSEQ_INJECT_ASM(3)                                                           \
                  "movl 16(%[region], %[cls], 8), %k[cur]\n\t"                               \
@@ -140,22 +159,14 @@ static inline struct rseq_slab_header *rseq_slab_header(char *region, unsigned l
                  "movq -8(%[region], %[cur], 8), %[item]\n\t"                                 \
                  "decl %k[cur]\n\t"                                                           \
                  RSEQ_INJECT_ASM(2)                                                           \
-                 RSEQ_ASM_CMP_CPU_TWICE                                                       \
-                 "movl %k[cur], 16(%[region], %[cls], 8)\n\t" /* commit */                    \
-                 "2:\n\t"                                                                     \
-                 RSEQ_ASM_DEFINE_ABORT                                                        \
+                 RSEQ_SLAB_ASM_COMMIT_                                                        \
                  : [item] "=&r"(item), [cur] "=&r"(cur)                                       \
                  : [id] "i"(id), [cpu] "r"(cpu), [idx] "r"(idx), [area] "r"(area),            \
                    [region] "r"(region), [cls] "r"(cls)                                       \
-                 : "memory", "cc", "rax" RSEQ_INJECT_CLOBBER                                  \
-                 : abort, cmpfail RSEQ_SLAB_GOTO_ERROR_);                                                \
+                 : RSEQ_SLAB_CLOBBERS_);                                                      \
     *out = item;                                                                              \
     return rseq_section_committed_(id, rseq_slab_header(region, cls));                        \
-  abort:                                                                                      \
-    return RSEQ_ABORT; /* the caller counts it: RSEQ_SLAB_COUNT_ABORT, on its slow path */    \
-  cmpfail:                                                                                    \
-    return rseq_section_cmpfailed_(id, rseq_slab_header(region, cls));                        \
-    RSEQ_SLAB_ERROR_BLOCK_(name, cpu)                                                         \
+  RSEQ_SLAB_EXITS_(name)                                                                      \
   }
 
 // --------------------------------------------------------------------------------
@@ -173,9 +184,7 @@ static inline struct rseq_slab_header *rseq_slab_header(char *region, unsigned l
     enum { id = RSEQ_SECTION_ID_##name };                                                     \
     register unsigned long cur RSEQ_SLAB_REG_("r10"); /* as in the pop */                     \
     RSEQ_SLAB_ENTER_(id, index, cpu, region, cls);                                            \
-    __asm__ goto(RSEQ_ASM_DEFINE_TABLE(#name)                                                 \
-                 RSEQ_ASM_DEFINE_EXIT_POINT("1f", cmpfail)                                    \
-                 RSEQ_ASM_START                                                               \
+    __asm__ goto(RSEQ_SLAB_ASM_START_(name)                                                   \
                  "movzwl 22(%[region], %[cls], 8), %%eax\n\t" /* end, then cur */             \
                  RSEQ_INJECT_ASM(3)                                                           \
                  "movl 16(%[region], %[cls], 8), %k[cur]\n\t"                               \
@@ -185,21 +194,13 @@ static inline struct rseq_slab_header *rseq_slab_header(char *region, unsigned l
                  "movq %[item], (%[region], %[cur], 8)\n\t"                                   \
                  "incl %k[cur]\n\t"                                                           \
                  RSEQ_INJECT_ASM(2)                                                           \
-                 RSEQ_ASM_CMP_CPU_TWICE                                                       \
-                 "movl %k[cur], 16(%[region], %[cls], 8)\n\t" /* commit */                    \
-                 "2:\n\t"                                                                     \
-                 RSEQ_ASM_DEFINE_ABORT                                                        \
+                 RSEQ_SLAB_ASM_COMMIT_                                                        \
                  : [cur] "=&r"(cur)                                                           \
                  : [id] "i"(id), [cpu] "r"(cpu), [idx] "r"(idx), [area] "r"(area),            \
                    [region] "r"(region), [cls] "r"(cls), [item] "r"(item)                     \
-                 : "memory", "cc", "rax" RSEQ_INJECT_CLOBBER                                  \
-                 : abort, cmpfail RSEQ_SLAB_GOTO_ERROR_);                                                \
+                 : RSEQ_SLAB_CLOBBERS_);                                                      \
     return rseq_section_committed_(id, rseq_slab_header(region, cls));                        \
-  abort:                                                                                      \
-    return RSEQ_ABORT; /* the caller counts it: RSEQ_SLAB_COUNT_ABORT, on its slow path */    \
-  cmpfail:                                                                                    \
-    return rseq_section_cmpfailed_(id, rseq_slab_header(region, cls));                        \
-    RSEQ_SLAB_ERROR_BLOCK_(name, cpu)                                                         \
+  RSEQ_SLAB_EXITS_(name)                                                                      \
   }
 
 // --------------------------------------------------------------------------------
@@ -220,9 +221,7 @@ static inline struct rseq_slab_header *rseq_slab_header(char *region, unsigned l
     unsigned long cur, k, i;                                                                  \
     intptr_t *dst;                                                                            \
     RSEQ_SLAB_ENTER_(id, index, cpu, region, cls);                                            \
-    __asm__ goto(RSEQ_ASM_DEFINE_TABLE(#name)                                                 \
-                 RSEQ_ASM_DEFINE_EXIT_POINT("1f", cmpfail)                                    \
-                 RSEQ_ASM_START                                                               \
+    __asm__ goto(RSEQ_SLAB_ASM_START_(name)                                                   \
                  "movzwl 22(%[region], %[cls], 8), %k[k]\n\t" /* end, then cur */             \
                  RSEQ_INJECT_ASM(3)                                                           \
                  "movl 16(%[region], %[cls], 8), %k[cur]\n\t"                               \
@@ -240,24 +239,16 @@ static inline struct rseq_slab_header *rseq_slab_header(char *region, unsigned l
                  "jnz 81b\n\t"                                                                \
                  "addl %k[k], %k[cur]\n\t"                                                    \
                  RSEQ_INJECT_ASM(2)                                                           \
-                 RSEQ_ASM_CMP_CPU_TWICE                                                       \
-                 "movl %k[cur], 16(%[region], %[cls], 8)\n\t" /* commit */                    \
-                 "2:\n\t"                                                                     \
-                 RSEQ_ASM_DEFINE_ABORT                                                        \
+                 RSEQ_SLAB_ASM_COMMIT_                                                        \
                  : [cur] "=&r"(cur), [k] "=&r"(k), [i] "=&r"(i), [dst] "=&r"(dst)             \
                  : [id] "i"(id), [cpu] "r"(cpu), [idx] "r"(idx), [area] "r"(area),            \
                    [region] "r"(region), [cls] "r"(cls), [items] "r"(items), [n] "r"(n)       \
-                 : "memory", "cc", "rax" RSEQ_INJECT_CLOBBER                                  \
-                 : abort, cmpfail RSEQ_SLAB_GOTO_ERROR_);                                                \
+                 : RSEQ_SLAB_CLOBBERS_);                                                      \
     (void)i;                                                                                  \
     (void)dst;                                                                                \
     *pushed = k;                                                                              \
     return rseq_section_committed_(id, rseq_slab_header(region, cls));                        \
-  abort:                                                                                      \
-    return RSEQ_ABORT; /* the caller counts it: RSEQ_SLAB_COUNT_ABORT, on its slow path */    \
-  cmpfail:                                                                                    \
-    return rseq_section_cmpfailed_(id, rseq_slab_header(region, cls));                        \
-    RSEQ_SLAB_ERROR_BLOCK_(name, cpu)                                                         \
+  RSEQ_SLAB_EXITS_(name)                                                                      \
   }
 
 // --------------------------------------------------------------------------------
@@ -278,9 +269,7 @@ static inline struct rseq_slab_header *rseq_slab_header(char *region, unsigned l
     unsigned long cur, k, i;                                                                  \
     intptr_t *src;                                                                            \
     RSEQ_SLAB_ENTER_(id, index, cpu, region, cls);                                            \
-    __asm__ goto(RSEQ_ASM_DEFINE_TABLE(#name)                                                 \
-                 RSEQ_ASM_DEFINE_EXIT_POINT("1f", cmpfail)                                    \
-                 RSEQ_ASM_START                                                               \
+    __asm__ goto(RSEQ_SLAB_ASM_START_(name)                                                   \
                  "movzwl 20(%[region], %[cls], 8), %k[k]\n\t" /* begin, then cur */           \
                  RSEQ_INJECT_ASM(3)                                                           \
                  "movl 16(%[region], %[cls], 8), %k[cur]\n\t"                               \
@@ -299,25 +288,17 @@ static inline struct rseq_slab_header *rseq_slab_header(char *region, unsigned l
                  "decq %[i]\n\t"                                                              \
                  "jnz 81b\n\t"                                                                \
                  RSEQ_INJECT_ASM(2)                                                           \
-                 RSEQ_ASM_CMP_CPU_TWICE                                                       \
-                 "movl %k[cur], 16(%[region], %[cls], 8)\n\t" /* commit */                    \
-                 "2:\n\t"                                                                     \
-                 RSEQ_ASM_DEFINE_ABORT                                                        \
+                 RSEQ_SLAB_ASM_COMMIT_                                                        \
                  : [cur] "=&r"(cur), [k] "=&r"(k), [i] "=&r"(i), [src] "=&r"(src)             \
                  : [id] "i"(id), [cpu] "r"(cpu), [idx] "r"(idx), [area] "r"(area),            \
                    [region] "r"(region), [cls] "r"(cls), [out] "r"(out), [n] "r"(n)           \
-                 : "memory", "cc", "rax" RSEQ_INJECT_CLOBBER                                  \
-                 : abort, cmpfail RSEQ_SLAB_GOTO_ERROR_);                                                \
+                 : RSEQ_SLAB_CLOBBERS_);                                                      \
     (void)i;                                                                                  \
     (void)src;                                                                                \
     CCACHE_MSAN_UNPOISON(out, k * sizeof *out); /* written by the asm */                      \
     *popped = k;                                                                              \
     return rseq_section_committed_(id, rseq_slab_header(region, cls));                        \
-  abort:                                                                                      \
-    return RSEQ_ABORT; /* the caller counts it: RSEQ_SLAB_COUNT_ABORT, on its slow path */    \
-  cmpfail:                                                                                    \
-    return rseq_section_cmpfailed_(id, rseq_slab_header(region, cls));                        \
-    RSEQ_SLAB_ERROR_BLOCK_(name, cpu)                                                         \
+  RSEQ_SLAB_EXITS_(name)                                                                      \
   }
 
 #endif  // CCACHE_RSEQ_SLAB_H_

@@ -33,7 +33,6 @@
 #include "stress/seen.h"
 
 struct rseq_percpu_mode job_mode;
-static bool migrate_us_given;  // --migrate-us on the command line
 int job_nslots;
 uint64_t job_seed = 1;
 
@@ -62,7 +61,10 @@ static struct {
     .round_ms = 250,
     .inject_loops = 100,
     .force = {.signo = SIGUSR1,
-              .migrate_us = 200,
+              // Every 50 us: sections are a few instructions (the allocator's are
+              // inlined in malloc and free), so migrations must come often for some
+              // to land inside the rarer ones within a test's seconds.
+              .migrate_us = 50,
               .signal_us = 1000,
               .storm_us = 2000,
               .storm_burst = 4,
@@ -491,7 +493,6 @@ static void parse(int argc, char **argv) {
       opt.force.storm_burst = atoi(v);
     } else if (FLAG("--migrate-us")) {
       opt.force.migrate_us = atol(v);
-      migrate_us_given = true;
     } else if (FLAG("--fence-us")) {
       opt.force.fence_us = atol(v);
     } else if (FLAG("--cgroup-us")) {
@@ -521,15 +522,19 @@ int main(int argc, char **argv) {
   job_seed = test_seed(job_seed);
   // Sanitizers slow the code around the sections, not the sections (asm, with their
   // delay loops): scale the delays so that the threads spend about as much of their
-  // time inside sections as in a plain build, and forced migrations, signals and fences
-  // land in them about as often.
-  uint32_t scale = CCACHE_HAVE_TSAN ? 10 : CCACHE_HAVE_ASAN || CCACHE_HAVE_MSAN ? 4 : 1;
+  // time inside sections as in a plain build, and forced migrations and fences land in
+  // them about as often.
+  uint32_t scale = CCACHE_HAVE_TSAN ? 20 : CCACHE_HAVE_ASAN || CCACHE_HAVE_MSAN ? 10 : 1;
+  // Their signal handlers are slower too: signals come that much less often, or a signal
+  // overlaps nearly every abort and is counted as its cause, and migrations and
+  // preemptions are never seen.
   if (scale > 1) {
-    printf("stress_job: %s build: delay loops x%u\n", ccache_sanitizer_names(), scale);
+    printf("stress_job: %s build: delay loops and signal periods x%u\n",
+           ccache_sanitizer_names(), scale);
     opt.inject_loops *= scale;
+    opt.force.signal_us *= scale;
+    opt.force.storm_us *= scale;
   }
-  if (!migrate_us_given && opt.work->default_migrate_us > 0)
-    opt.force.migrate_us = opt.work->default_migrate_us;
   if (opt.threads <= 0) {
     int cpus[1024];
     opt.threads = opt.work->default_threads_per_cpu * test_allowed_cpus(cpus, 1024);

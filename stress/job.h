@@ -32,10 +32,6 @@ struct workload {
   const char *name;
   const char *const *sections;  // the sections it runs in RSEQ mode (NULL-terminated)
   int default_threads_per_cpu;
-  // The migrate forcer's period when --migrate-us is not given (0: the job's default,
-  // 200 us). The allocator's sections are a handful of instructions, most of them on
-  // hits: migrations must come often for some to land inside the batch sections.
-  long default_migrate_us;
   void (*setup)(int nworkers);
   void (*op)(struct worker *w);          // one random operation
   void (*round_end)(struct worker *w, int nworkers);  // all workers joined

@@ -179,7 +179,6 @@ const struct workload work_alloc = {
     .name = "alloc",
     .sections = sections,
     .default_threads_per_cpu = 2,
-    .default_migrate_us = 50,
     .setup = setup,
     .op = op,
     .round_end = round_end,
