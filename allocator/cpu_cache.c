@@ -165,8 +165,11 @@ static inline void count_miss(char *region) {
 }
 
 // Push items[0 .. n) into the calling thread's cache, lowest first; returns how many
-// went in (the rest did not fit, or the region is stopped).
-static int push_batch(struct ccache_heap *heap, unsigned cls, void *const *items, int n) {
+// went in (the rest did not fit, or the region is stopped). Not inlined: its section
+// must exist once (it has two callers).
+__attribute__((noinline)) static int push_batch(struct ccache_heap *heap, unsigned cls,
+                                                void *const *items, int n) {
+  if (n <= 0) return 0;  // the section needs at least one item
   if (heap->mode.mode == RSEQ_MODE_CAS) {
     int k = 0;
     while (k < n && cpu_cache_push_cas(heap, cls, items[k])) k++;
@@ -194,8 +197,10 @@ bool cpu_cache_push_one(struct ccache_heap *heap, unsigned cls, void *block) {
 }
 
 // Pop up to n items from the calling thread's cache into out, in the order they lie
-// in the stack (the top last); returns how many.
-static int pop_batch(struct ccache_heap *heap, unsigned cls, void **out, int n) {
+// in the stack (the top last); returns how many. Not inlined, as push_batch.
+__attribute__((noinline)) static int pop_batch(struct ccache_heap *heap, unsigned cls, void **out,
+                                               int n) {
+  if (n <= 0) return 0;  // the section needs at least one item
   if (heap->mode.mode == RSEQ_MODE_CAS) {
     int k = 0;
     while (k < n && (out[k] = cpu_cache_pop_cas(heap, cls)) != NULL) k++;
@@ -254,9 +259,10 @@ void cpu_cache_overflow(struct ccache_heap *heap, unsigned cls, void *block) {
 
 uint64_t cpu_cache_count(const struct ccache_heap *heap, int cpu, unsigned cls) {
   if (heap->mode.mode == RSEQ_MODE_CAS) return rseq_cas_stack_count(cas_top(heap, cpu, cls));
-  // Relaxed: a statistic; the sections on that CPU may be changing it.
+  // Relaxed: a statistic; the sections on that CPU may be changing it. The class's
+  // begin from the heap, not the header: a drain's stop overwrites that one.
   const struct rseq_slab_header *h = rseq_slab_header(region_of(heap, cpu), cls);
-  return (uint64_t)(__atomic_load_n(&h->cur, __ATOMIC_RELAXED) - h->begin);
+  return (uint64_t)(__atomic_load_n(&h->cur, __ATOMIC_RELAXED) - heap->slab_begin[cls]);
 }
 
 // The cached blocks of region `cpu`, class `cls`, bottom first, into out; for
@@ -365,7 +371,7 @@ static uint64_t region_signature(const struct ccache_heap *heap, int cpu, uint64
     } else {
       const struct rseq_slab_header *h = rseq_slab_header(region, c);
       w = __atomic_load_n(&h->cur, __ATOMIC_RELAXED);
-      n += w - h->begin;
+      n += w - heap->slab_begin[c];  // not h->begin: a drain's stop overwrites it
     }
     sig = (sig ^ w) * 0x100000001b3ULL;
   }
@@ -373,8 +379,8 @@ static uint64_t region_signature(const struct ccache_heap *heap, int cpu, uint64
   return sig;
 }
 
-int ccache_reclaim_idle(struct ccache_heap *heap) {
-  pthread_mutex_lock(&heap->reclaim_lock);
+// One scan; reclaim_lock held.
+static int reclaim_scan(struct ccache_heap *heap) {
   int drained = 0;
   for (int cpu = 0; cpu < heap->ncpus; cpu++) {
     uint64_t cached;
@@ -389,6 +395,13 @@ int ccache_reclaim_idle(struct ccache_heap *heap) {
   // What came back from the caches goes on to the spans, so that whole spans (and
   // then pages, past the page heap's threshold) can go back too.
   if (drained) central_flush_transfer(heap);
+  return drained;
+}
+
+int ccache_reclaim_idle(struct ccache_heap *heap) {
+  // Guards the signatures and the count: one scanner at a time.
+  pthread_mutex_lock(&heap->reclaim_lock);
+  int drained = reclaim_scan(heap);
   pthread_mutex_unlock(&heap->reclaim_lock);
   return drained;
 }
@@ -402,11 +415,17 @@ static uint64_t now_ns(void) {
 void cpu_cache_maybe_reclaim(struct ccache_heap *heap) {
   if (!heap->reclaim_interval_ns) return;
   uint64_t t = now_ns();
-  // Relaxed: a schedule; two threads seeing it due at once are sorted out by trylock.
+  // Relaxed: a schedule, checked again under the lock below.
   if (t < atomic_load_explicit(&heap->next_reclaim_ns, memory_order_relaxed)) return;
-  if (pthread_mutex_trylock(&heap->reclaim_lock) != 0) return;  // someone is scanning
-  atomic_store_explicit(&heap->next_reclaim_ns, t + heap->reclaim_interval_ns,
-                        memory_order_relaxed);
+  // Never waits: a thread that finds another scanning goes on with its malloc or free.
+  if (pthread_mutex_trylock(&heap->reclaim_lock) != 0) return;
+  // Under the lock: a scan that just ended has moved the schedule on, and a second one
+  // now would call idle every cache untouched for the last few microseconds.
+  if (t >= atomic_load_explicit(&heap->next_reclaim_ns, memory_order_relaxed)) {
+    // Relaxed: read and written under reclaim_lock; the loads outside are hints.
+    atomic_store_explicit(&heap->next_reclaim_ns, t + heap->reclaim_interval_ns,
+                          memory_order_relaxed);
+    reclaim_scan(heap);
+  }
   pthread_mutex_unlock(&heap->reclaim_lock);
-  ccache_reclaim_idle(heap);
 }

@@ -177,7 +177,9 @@ struct ccache_heap {
   size_t pagemap_bytes;        // of each of the two maps
 
   // --- the page heap. Guards free runs, the committed frontier, span creation and
-  // the page maps' writes: spans of every class come from one address range.
+  // span_of_page's writes: spans of every class come from one address range. (A page's
+  // class_of_page word is set under its class's central lock, when the page is
+  // initialized, and cleared here when the span goes back.)
   pthread_mutex_t page_lock;
   struct span *free_runs[PAGE_HEAP_BUCKETS];
   uint64_t free_pages;         // in free runs, not released
@@ -206,7 +208,8 @@ struct ccache_heap {
   pthread_mutex_t drain_lock;
 
   // --- idle reclaim: regions whose caches did not change over a whole interval are
-  // drained. One scanner at a time (trylock from slow paths; never waits).
+  // drained. Guards the signatures and the count: one scanner at a time (the slow
+  // paths only try it, and do not wait).
   pthread_mutex_t reclaim_lock;
   uint64_t reclaim_interval_ns;  // 0: only ccache_reclaim_idle() scans
   _Atomic uint64_t next_reclaim_ns;
@@ -259,8 +262,9 @@ static inline bool block_is_free(const struct ccache_heap *heap, const void *blo
 // of a block of a small span; -1 otherwise. Reads one class_of_page word and the
 // class table: no span struct, no lock.
 static inline int block_class(const struct ccache_heap *heap, uintptr_t off) {
-  // Relaxed: a page's word is set under page_lock before any block of its span is
-  // handed out; a caller holding such a block got it through a path that synchronized.
+  // Relaxed: a page's word is set (under the class's central lock) before any block of
+  // the page is handed out; a caller holding such a block got it through a path that
+  // synchronized.
   uint64_t e = __atomic_load_n(&heap->class_of_page[off >> PAGE_SHIFT], __ATOMIC_RELAXED);
   unsigned c1 = (unsigned)(e & 0xff);
   uint64_t rel = off - (e & ~(uint64_t)(PAGE_SIZE - 1));

@@ -160,7 +160,8 @@ static struct span *take_run(struct ccache_heap *heap, size_t n) {
       errno = ENOMEM;
       return NULL;
     }
-    // Release: span_of() reads `committed` without the lock to bound its index.
+    // Release: pairs with nothing today (span_of() reads `committed` relaxed, as a bound
+    // only); kept so that a reader that ever needs the committed pages can acquire it.
     __atomic_store_n(&heap->committed, heap->committed + want, __ATOMIC_RELEASE);
   }
   struct span *r = meta_span_alloc(heap);
