@@ -3,20 +3,26 @@
 // Producers offer into the shard of the CPU (or mm_cid) they run on; one consumer
 // polls every shard, round-robin, so no shard starves. Two modes per instance:
 //
-//   RSEQ  a producer commits the new head of its CPU's shard with one rseq critical
-//         section (the item is stored in the slot first, the head store commits it).
-//         Producers on one CPU are serialized by the kernel, so no atomics are needed.
-//   CAS   the reference: each shard is a bounded MPSC queue where producers claim a
-//         slot with a CAS on the head and publish it through a per-slot sequence
+//   RSEQ  a producer writes the item into the free slot at its CPU's head and commits
+//         head + 1 with one rseq critical section, inlined at its call site (ring.c):
+//         no locked instruction, and no write to a line the consumer reads per item.
+//         Producers on one CPU are serialized by the kernel. A batch offer commits up
+//         to N items with one section.
+//   CAS   the reference: each shard is a bounded MPSC queue where producers claim
+//         slots with a CAS on the head and publish each through a per-slot sequence
 //         number. Correct for any number of producers on any shard.
 //
-// Memory layout (one shard per possible CPU, each on its own cache lines):
+// Memory layout (one shard per possible CPU, four cache lines):
 //
-//   shard[c]:  | head (producers) | tail (consumer) | counters |  slots -> [cap]
-//   slot:      | seq (CAS mode) | payload: a pointer, or a record of record_size bytes |
+//   shard[c]:  | head | producers: tail_seen, slots | consumer: tail, head_seen | counters |
+//   slot:      RSEQ: the payload (a pointer, or a record of record_size bytes, padded to 8)
+//              CAS:  | seq | payload |
 //
-// Positions (head, tail) are free-running uintptr_t counters; a slot is pos & (cap-1).
-// They wrap around at 2^64 (tests start them just below the wrap point).
+// Each side keeps a copy of the other side's position (tail_seen, head_seen) and reads
+// the other's line only when its copy runs out: producers when the shard looks full,
+// the consumer once per run of items. Positions (head, tail) are free-running uintptr_t
+// counters; a slot is pos & (cap-1). They wrap around at 2^64 (tests start them just
+// below the wrap point).
 //
 // Guarantees (tested in ring_test.c): every offered item is polled exactly once;
 // FIFO per producer while it stays on one CPU; an offer never overwrites an unread
@@ -69,7 +75,9 @@ size_t ring_capacity(const struct ring *r);
 // Producers (any thread, and async-signal-safe: no locks, no allocation).
 // RING_OK or RING_FULL; -1 with errno EINVAL on a ring of the other payload kind.
 int ring_offer(struct ring *r, void *item);
-// Offers items in order until one is refused; returns how many were offered.
+// Offers items in order until one is refused; returns how many were offered (0 with
+// errno EINVAL on a record ring). RSEQ mode commits each run that fits in the shard
+// with one section.
 size_t ring_offer_batch(struct ring *r, void *const *items, size_t n);
 int ring_offer_record(struct ring *r, const void *record);
 
@@ -79,9 +87,12 @@ int ring_offer_record(struct ring *r, const void *record);
 int ring_poll(struct ring *r, void **item);
 // Like ring_poll, and tells which shard the item came from (for FIFO checks).
 int ring_poll_shard(struct ring *r, void **item, int *shard);
-// Polls up to max items, round-robin over the shards; returns how many (or -1 as above).
+// Polls up to max items, round-robin over the shards: from each shard a run of up to
+// max / shards + 1 items, with one tail publication; returns how many (or -1 as above).
 long ring_poll_batch(struct ring *r, void **items, size_t max);
 int ring_poll_record(struct ring *r, void *record);
+// ring_poll_batch for records: up to max records, back to back, into `records`.
+long ring_poll_record_batch(struct ring *r, void *records, size_t max);
 // Hands the consumer role on: the next thread that polls becomes the consumer.
 void ring_consumer_release(struct ring *r);
 
@@ -95,7 +106,8 @@ struct ring_stats {
   const char *offer_section;  // the critical section that commits offers (RSEQ mode)
   uint64_t offer_commits;     // offers committed, all shards
   uint64_t offer_aborts;      // offer sections the kernel aborted (RSEQ mode)
-  uint64_t offer_retries;     // offers retried because the head moved (CAS fail or cmpfail)
+  uint64_t offer_retries;     // offers retried: CAS mode, the head moved under the CAS;
+                              // RSEQ mode, the shard looked full by a stale tail copy
 };
 
 // Per-shard counters (shard in [0, ring_shards)); -1 with errno EINVAL when out of range.

@@ -96,6 +96,19 @@
 #define RSEQ_ASM_CMP_VALUE_TWICE ""
 #endif
 
+// Inlined sections (rseq/slab.h, ring/ring.c) in the compare-twice variants: the goto
+// label of RSEQ_ASM_CMP_CPU_TWICE, and the C block it jumps to. Elsewhere no
+// instruction jumps there, and the fast path must not carry a call to the report.
+#ifdef RSEQ_COMPARE_TWICE
+#define RSEQ_ASM_GOTO_ERROR_CPU , error_cpu
+#define RSEQ_ASM_ERROR_CPU_BLOCK(name, cpu) \
+  error_cpu:                                \
+  rseq_compare_twice_failed_(#name, "the cpu", cpu);
+#else
+#define RSEQ_ASM_GOTO_ERROR_CPU
+#define RSEQ_ASM_ERROR_CPU_BLOCK(name, cpu)
+#endif
+
 #define RSEQ_NOINLINE __attribute__((noinline))
 
 // Before and after every section, in C.

@@ -1,6 +1,6 @@
 // rseq_internal.h: the section table and the counting hooks, shared by the files of
-// rseq/ and by the inlined sections of rseq/slab.h (which expand in allocator/). Not an
-// interface for anything else.
+// rseq/, by the inlined sections of rseq/slab.h (which expand in allocator/) and by the
+// ring's inlined sections (ring/ring.c). Not an interface for anything else.
 #ifndef CCACHE_RSEQ_RSEQ_INTERNAL_H_
 #define CCACHE_RSEQ_RSEQ_INTERNAL_H_
 
@@ -11,10 +11,10 @@
 // Every critical section linked into a product binary: X(id, name, injection points
 // bitmask). The id indexes the counters; the name is the stable name in the registry.
 // The primitives (0..7) are out-of-line functions of primitives.c, one section each.
-// The slab sections (8..) are inlined at their call site in allocator/, one section
-// per call site (rseq/slab.h): each has its own descriptor, pointer-array entry, id
-// and name here, so abortscan, the stress jobs and the campaign list them like the
-// primitives.
+// The slab sections (8..11) are inlined at their call site in allocator/, one section
+// per call site (rseq/slab.h), and the ring's offer sections (12..14) at theirs in
+// ring/ring.c: each has its own descriptor, pointer-array entry, id and name here, so
+// abortscan, the stress jobs and the campaign list them like the primitives.
 #define RSEQ_SECTIONS(X)                                      \
   X(0, rseq_addv, 0x2)                                        \
   X(1, rseq_cmpeqv_storev, 0x6)                               \
@@ -27,7 +27,10 @@
   X(8, ccache_malloc_pop, 0xe)                                \
   X(9, ccache_free_push, 0xe)                                 \
   X(10, ccache_refill_push, 0xe)                              \
-  X(11, ccache_overflow_pop, 0xe)
+  X(11, ccache_overflow_pop, 0xe)                             \
+  X(12, ring_offer, 0x6)                                      \
+  X(13, ring_offer_record, 0x6)                               \
+  X(14, ring_offer_batch, 0x6)
 
 enum rseq_section_id {
 #define RSEQ_SECTION_ENUM_(id, name, points) RSEQ_SECTION_ID_##name = id,

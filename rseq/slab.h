@@ -95,17 +95,9 @@ static inline struct rseq_slab_header *rseq_slab_header(char *region, unsigned l
 #endif
 
 // Compare-twice variants only: the exit to the report of a CPU that changed inside the
-// section (elsewhere no instruction jumps there, and the fast path must not carry a
-// call to it).
-#ifdef RSEQ_COMPARE_TWICE
-#define RSEQ_SLAB_GOTO_ERROR_ , error_cpu
-#define RSEQ_SLAB_ERROR_BLOCK_(name, cpu) \
-  error_cpu:                              \
-  rseq_compare_twice_failed_(#name, "the cpu", cpu);
-#else
-#define RSEQ_SLAB_GOTO_ERROR_
-#define RSEQ_SLAB_ERROR_BLOCK_(name, cpu)
-#endif
+// section (rseq_asm.h).
+#define RSEQ_SLAB_GOTO_ERROR_ RSEQ_ASM_GOTO_ERROR_CPU
+#define RSEQ_SLAB_ERROR_BLOCK_(name, cpu) RSEQ_ASM_ERROR_CPU_BLOCK(name, cpu)
 #define RSEQ_SLAB_ENTER_(id, index, cpu, region, cls) \
   rseq_section_enter_((id), (index), (cpu), rseq_slab_header((region), (cls)))
 
