@@ -143,8 +143,65 @@ static void test_records(enum rseq_mode mode, enum rseq_index index) {
       }
       CHECK_EQ(ring_poll_record(r, out), RING_EMPTY);
     }
+    // ring_poll_record_batch: records back to back, none past the count it returns.
+    unsigned char many[5 * RING_RECORD_MAX + 1];
+    for (int k = 0; k < 3; k++) {
+      for (size_t b = 0; b < size; b++) in[b] = (unsigned char)(size + b + k * 5);
+      CHECK_EQ(ring_offer_record(r, in), RING_OK);
+    }
+    memset(many, 0xEE, sizeof many);
+    CHECK_EQ(ring_poll_record_batch(r, many, 5), 3);
+    for (int k = 0; k < 3; k++)
+      for (size_t b = 0; b < size; b++)
+        CHECK(many[(size_t)k * size + b] == (unsigned char)(size + b + k * 5),
+              "batch poll: size %zu record %d byte %zu", size, k, b);
+    CHECK(many[3 * size] == 0xEE, "record batch of %zu-byte records wrote past the third", size);
+    CHECK_EQ(ring_poll_record_batch(r, many, 5), 0);
     ring_destroy(r);
   }
+}
+
+// ring_offer_batch at the boundaries: a batch larger than the room left commits what
+// fits (FULL exact), batches wrap around the slot array, and FIFO holds across them.
+static void test_offer_batch(enum rseq_mode mode, enum rseq_index index, uintptr_t initial) {
+  test_context("offer batch mode=%s index=%s initial=%#lx", rseq_mode_name(mode),
+               rseq_index_name(index), (unsigned long)initial);
+  const size_t cap = 8;
+  struct ring *r = make(mode, index, cap, 0, initial);
+  rseq_fake_cpu_set(ring_shards(r) - 1);
+  void *items[20], *got[20];
+  for (size_t k = 0; k < 20; k++) items[k] = (void *)(uintptr_t)(k + 1);
+  uintptr_t next_in = 1, next_out = 1;
+  for (int round = 0; round < 6; round++) {
+    // Room for cap - held: a batch of 5, then one of 20 that fills the rest exactly.
+    size_t held = (size_t)(next_in - next_out);
+    for (size_t k = 0; k < 20; k++) items[k] = (void *)(next_in + k);
+    size_t n = ring_offer_batch(r, items, 5);
+    CHECK_EQ(n, cap - held < 5 ? cap - held : 5);
+    next_in += n;
+    for (size_t k = 0; k < 20; k++) items[k] = (void *)(next_in + k);
+    n = ring_offer_batch(r, items, 20);
+    CHECK_EQ(n, cap - (size_t)(next_in - next_out));
+    next_in += n;
+    CHECK_EQ(ring_offer_batch(r, items, 1), 0);  // full
+    CHECK_EQ(ring_offer(r, (void *)1), RING_FULL);
+    // Take 3 (or all on odd rounds), in order.
+    long want = round % 2 ? (long)cap : 3;
+    CHECK_EQ(ring_poll_batch(r, got, (size_t)want), want);
+    for (long k = 0; k < want; k++) CHECK_EQ((uintptr_t)got[k], next_out + (uintptr_t)k);
+    next_out += (uintptr_t)want;
+  }
+  CHECK_EQ(ring_offer_batch(r, items, 0), 0);
+  void *item;
+  while (ring_poll(r, &item) == RING_OK) CHECK_EQ((uintptr_t)item, next_out++);
+  CHECK_EQ(next_out, next_in);
+  struct ring_cpu_stats st;
+  CHECK(ring_cpu_stats(r, ring_shards(r) - 1, &st) == 0);
+  CHECK_EQ(st.offered, next_in - 1);
+  struct ring_stats rs;
+  ring_stats(r, &rs);
+  CHECK_EQ(rs.offer_aborts, 0);  // fake CPUs: the kernel never aborts
+  ring_destroy(r);
 }
 
 // A model of the ring: one FIFO per shard and the round-robin cursor.
@@ -211,7 +268,19 @@ static uint64_t run_sequence(enum rseq_mode mode, enum rseq_index index, uint64_
     rseq_fake_cpu_set(c);
     int res;
     uintptr_t got = 0;
-    switch ((x >> 16) % 4) {
+    switch ((x >> 16) % 5) {
+      case 4: {
+        void *batch[6];
+        size_t n = (x >> 24) % 7, want = 0;
+        for (size_t k = 0; k < n; k++) batch[k] = (void *)(value + k);
+        while (want < n && model_offer(&m, c, value + want) == RING_OK) want++;
+        size_t got_n = ring_offer_batch(r, batch, n);
+        CHECK(got_n == want, "op %d: batch offer of %zu on shard %d gave %zu, model %zu", op, n, c,
+              got_n, want);
+        value += n;
+        res = (int)got_n;
+        break;
+      }
       case 0:
       case 1: {
         res = ring_offer(r, (void *)value);
@@ -262,7 +331,7 @@ static uint64_t run_sequence(enum rseq_mode mode, enum rseq_index index, uint64_
 }
 
 static struct ring *shared_ring;
-static void *second_consumer(void *arg) {
+__attribute__((unused)) static void *second_consumer(void *arg) {
   (void)arg;
   void *item;
   errno = 0;
@@ -296,9 +365,9 @@ static void test_single_consumer(void) {
 // that computed its shard from one read and checked its section against another would
 // commit into the old CPU's shard from the new CPU.
 static void test_migration_mid_offer(enum rseq_index index) {
-  for (size_t rec = 0; rec <= 16; rec += 16) {
+  for (size_t rec = 0; rec <= 32; rec += 16) {  // 0: pointer, 16: record, 32: a batch of 3
     test_context("migration mid-offer index=%s record_size=%zu", rseq_index_name(index), rec);
-    struct ring *r = make(RSEQ_MODE_RSEQ, index, 8, rec, 0);
+    struct ring *r = make(RSEQ_MODE_RSEQ, index, 8, rec == 16 ? rec : 0, 0);
     if (ring_shards(r) < 2) {
       printf("SKIPPED: migration mid-offer: one shard only\n");
       ring_destroy(r);
@@ -307,17 +376,21 @@ static void test_migration_mid_offer(enum rseq_index index) {
     rseq_fake_cpu_set(0);
     rseq_fake_cpu_migrate_after_next_read(1);
     char record[16] = "migrated";
-    CHECK_EQ(rec ? ring_offer_record(r, record) : ring_offer(r, (void *)7), RING_OK);
+    void *three[3] = {(void *)7, (void *)8, (void *)9};
+    if (rec == 32)
+      CHECK_EQ(ring_offer_batch(r, three, 3), 3);
+    else
+      CHECK_EQ(rec ? ring_offer_record(r, record) : ring_offer(r, (void *)7), RING_OK);
     CHECK_EQ(rseq_current_index(index), 1);
     struct ring_cpu_stats st0, st1;
     CHECK(ring_cpu_stats(r, 0, &st0) == 0 && ring_cpu_stats(r, 1, &st1) == 0);
-    CHECK(st0.offered == 0 && st1.offered == 1,
+    CHECK(st0.offered == 0 && st1.offered == (rec == 32 ? 3 : 1),
           "shard 0 got %lu items and shard 1 %lu: the offer committed on the CPU it read first",
           (unsigned long)st0.offered, (unsigned long)st1.offered);
     struct ring_stats rs;
     ring_stats(r, &rs);
     CHECK_EQ(rs.offer_aborts, 1);  // the section saw the move
-    if (rec) {
+    if (rec == 16) {
       char got[16];
       CHECK_EQ(ring_poll_record(r, got), RING_OK);
       CHECK(!memcmp(got, record, sizeof got));
@@ -352,8 +425,10 @@ int main(int argc, char **argv) {
     test_boundaries(modes[i].mode, modes[i].index, 0);
     test_boundaries(modes[i].mode, modes[i].index, UINTPTR_MAX - 11);  // wraps mid-test
     test_records(modes[i].mode, modes[i].index);
+    test_offer_batch(modes[i].mode, modes[i].index, 0);
+    test_offer_batch(modes[i].mode, modes[i].index, UINTPTR_MAX - 13);  // wraps mid-test
     if (modes[i].mode == RSEQ_MODE_RSEQ) test_migration_mid_offer(modes[i].index);
-    printf("ok: mode=%s index=%s: boundaries, wrap-around, records, migration mid-offer\n",
+    printf("ok: mode=%s index=%s: boundaries, wrap-around, records, batch offers, migration mid-offer\n",
            rseq_mode_name(modes[i].mode), rseq_index_name(modes[i].index));
   }
   uint64_t seed0 = test_seed(42);

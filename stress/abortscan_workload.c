@@ -212,17 +212,44 @@ static void ring(void) {
     got++;
   }
   EXPECT(got == 40, "ring: %d of 40 items", got);
+  // Batch offers: ten runs of 5, then a run of 20 of which exactly 14 fit (the shard
+  // holds 64), then a full shard; the slots wrap around. The consumer must see
+  // 41..104, each once, in order per shard.
+  void *batch[20];
+  uintptr_t next = 41;
+  size_t offered = 0;
+  int c0 = cpu();
+  for (int b = 0; b < 11; b++) {
+    size_t n = b < 10 ? 5 : 20;
+    for (size_t k = 0; k < n; k++) batch[k] = (void *)(next + k);
+    size_t done = ring_offer_batch(r, batch, n);
+    next += done;
+    offered += done;
+  }
+  // One thread on one CPU (abortscan pins it): all of it went to one shard.
+  EXPECT(cpu() != c0 || offered == 64, "batch offers: %zu of 64 fitted", offered);
+  EXPECT(cpu() != c0 || ring_offer(r, (void *)1) == RING_FULL, "offer into a full shard");
+  memset(last, 0, sizeof last);
+  got = 0;
+  while (ring_poll_shard(r, &item, &shard) == RING_OK) {
+    EXPECT((uintptr_t)item >= 41 && (uintptr_t)item > last[shard],
+           "batch ring: FIFO broken or duplicate %lu", (unsigned long)(uintptr_t)item);
+    last[shard] = (uintptr_t)item;
+    got++;
+  }
+  EXPECT((size_t)got == offered, "batch ring: %d of %zu items", got, offered);
   ring_destroy(r);
-  struct ring_options ro = {RSEQ_MODE_RSEQ, idx, 24, 0};
+  // Records of 21 bytes: the section copies two words and five bytes.
+  struct ring_options ro = {RSEQ_MODE_RSEQ, idx, 21, 0};
   r = ring_create(64, &ro);
-  unsigned char rec[24], out[24];
+  unsigned char rec[21], out[21];
   for (int i = 0; i < 40; i++) {
-    for (int k = 0; k < 24; k++) rec[k] = (unsigned char)(i * 3 + k);
+    for (int k = 0; k < 21; k++) rec[k] = (unsigned char)(i * 3 + k);
     EXPECT(ring_offer_record(r, rec) == RING_OK, "record offer");
   }
   got = 0;
   while (ring_poll_record(r, out) == RING_OK) {
-    for (int k = 1; k < 24; k++) EXPECT(out[k] == (unsigned char)(out[0] + k), "record torn");
+    for (int k = 1; k < 21; k++) EXPECT(out[k] == (unsigned char)(out[0] + k), "record torn");
     got++;
   }
   EXPECT(got == 40, "record ring: %d of 40", got);

@@ -1,6 +1,7 @@
 // work_ring: the workers produce into two per-CPU rings (items: pointers, committed
-// with cmpeqv_trystorev_storev; records of 32 bytes, committed with
-// cmpeqv_trymemcpy_storev) and one consumer thread polls both. Checks, as it polls:
+// with the ring_offer section one at a time and with ring_offer_batch in runs of up to
+// four; records of 32 bytes, committed with ring_offer_record) and one consumer thread
+// polls both. Checks, as it polls:
 //   - every item is a real one: producer in range, record checksum right (no torn copy);
 //   - each (producer, sequence number) is polled once, never twice;
 //   - per producer and shard, sequence numbers increase (FIFO while on one CPU).
@@ -18,8 +19,8 @@
 #include "stress/job.h"
 #include "stress/seen.h"
 
-static const char *const sections[] = {"rseq_cmpeqv_trystorev_storev",
-                                       "rseq_cmpeqv_trymemcpy_storev", NULL};
+static const char *const sections[] = {"ring_offer", "ring_offer_record", "ring_offer_batch",
+                                       NULL};
 
 struct record {
   uint64_t producer, seq, value, check;
@@ -104,20 +105,32 @@ static void setup(int nworkers) {
 static void op(struct worker *w) {
   if (!w->priv) CHECK((w->priv = calloc(1, sizeof(struct producer))) != NULL);
   struct producer *p = w->priv;
-  int which = (int)(test_rand(&w->rng) % 2);
-  int r;
+  int which = (int)(test_rand(&w->rng) % 3);
+  bool full;
   if (which == 0) {
     uintptr_t item = (uintptr_t)(w->id + 1) << 40 | p->seq[0];
-    r = ring_offer(rings[0], (void *)item);
-  } else {
+    int r = ring_offer(rings[0], (void *)item);
+    CHECK(r == RING_OK || r == RING_FULL, "offer returned %d", r);
+    full = r == RING_FULL;
+    p->seq[0] += !full;
+  } else if (which == 1) {
     struct record rec = {(uint64_t)w->id, p->seq[1], test_rand(&w->rng), 0};
     rec.check = check_of(&rec);
-    r = ring_offer_record(rings[1], &rec);
-  }
-  CHECK(r == RING_OK || r == RING_FULL, "offer returned %d", r);
-  if (r == RING_OK) {
-    p->seq[which]++;
+    int r = ring_offer_record(rings[1], &rec);
+    CHECK(r == RING_OK || r == RING_FULL, "record offer returned %d", r);
+    full = r == RING_FULL;
+    p->seq[1] += !full;
   } else {
+    // A run of consecutive sequence numbers: a prefix of it is committed, in order.
+    void *items[4];
+    size_t n = 1 + test_rand(&w->rng) % 4;
+    for (size_t k = 0; k < n; k++) items[k] = (void *)((uintptr_t)(w->id + 1) << 40 | (p->seq[0] + k));
+    size_t done = ring_offer_batch(rings[0], items, n);
+    CHECK(done <= n, "batch offer of %zu returned %zu", n, done);
+    p->seq[0] += done;
+    full = done < n;
+  }
+  if (full) {
     p->full++;
     sched_yield();  // let the consumer catch up
   }
