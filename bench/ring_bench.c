@@ -1,13 +1,24 @@
-// ring_bench: offer+poll throughput of the per-CPU ring in rseq mode, CAS mode, and a
-// mutex-protected ring as the baseline, measured interleaved in one run.
-//   pair       one thread: offer then poll, ns per pair
-//   mpsc-P     P producer threads and one consumer thread, items per second
-// Each configuration runs --reps times, interleaved (rseq, cas, mutex, rseq, ...), and
-// the table shows min / median / max and the ratio of medians to CAS mode.
-// Flags: --reps N --millis N (per measurement) --producers LIST (default 1,8) --json FILE
+// ring_bench: the per-CPU ring in rseq mode against its CAS mode and a mutex-protected
+// ring, measured interleaved in one run (never a pass/fail test: ratios of one run).
+//   pair        one thread: offer then poll, ns per pair (pointer items and 32-byte records)
+//   mpsc        P producer threads and one consumer thread, items per second, for
+//               P = 1, ncpus, 8 and 8 x ncpus; pointer items and 32-byte records;
+//               batches of 1 and 16 (producers: ring_offer_batch for pointers, 16 single
+//               offers for records, which have no batch offer; the consumer:
+//               ring_poll_batch / ring_poll_record_batch of 16, or single polls)
+// The consumer runs on the first CPU this process may use and the producers on the
+// others, round-robin (on a 1-CPU machine they all share it): a producer's items cross
+// to another core, as in the design's use. Thread counts come from the machine, so the
+// same command scales to a larger one. Each configuration runs --reps times, interleaved
+// (rseq, cas, mutex, rseq, ...); the table shows min / median / max and the ratio of
+// medians to CAS mode.
+// Flags: --reps N --millis N (per measurement) --producers LIST (default 1,ncpus,8,8*ncpus)
+//        --json FILE
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,41 +26,42 @@
 
 #include "ring/ring.h"
 
-// --- the baseline: one ring behind one mutex.
+#define REC 32  // bytes per record in the record workloads
+#define BATCH_MAX 16
+
+// --- the baseline: one ring behind one mutex, fixed-size payloads.
 struct mutex_ring {
   pthread_mutex_t lock;  // guards everything below: the baseline is "just lock it"
-  void **slots;
-  size_t cap, head, tail;
+  unsigned char *slots;
+  size_t cap, size, head, tail;
 };
 
-static struct mutex_ring *mutex_ring_create(size_t cap) {
+static struct mutex_ring *mutex_ring_create(size_t cap, size_t size) {
   struct mutex_ring *m = calloc(1, sizeof *m);
   pthread_mutex_init(&m->lock, NULL);
-  m->slots = calloc(cap, sizeof(void *));
+  m->slots = calloc(cap, size);
   m->cap = cap;
+  m->size = size;
   return m;
 }
 
-static int mutex_ring_offer(struct mutex_ring *m, void *item) {
+// Offers up to n payloads under one lock hold; returns how many fitted.
+static size_t mutex_ring_offer(struct mutex_ring *m, const void *payloads, size_t n) {
   pthread_mutex_lock(&m->lock);
-  int r = RING_FULL;
-  if (m->head - m->tail < m->cap) {
-    m->slots[m->head++ % m->cap] = item;
-    r = RING_OK;
-  }
+  size_t k = 0;
+  for (; k < n && m->head - m->tail < m->cap; k++, m->head++)
+    memcpy(m->slots + (m->head % m->cap) * m->size, (const char *)payloads + k * m->size, m->size);
   pthread_mutex_unlock(&m->lock);
-  return r;
+  return k;
 }
 
-static int mutex_ring_poll(struct mutex_ring *m, void **item) {
+static size_t mutex_ring_poll(struct mutex_ring *m, void *out, size_t max) {
   pthread_mutex_lock(&m->lock);
-  int r = RING_EMPTY;
-  if (m->tail != m->head) {
-    *item = m->slots[m->tail++ % m->cap];
-    r = RING_OK;
-  }
+  size_t k = 0;
+  for (; k < max && m->tail != m->head; k++, m->tail++)
+    memcpy((char *)out + k * m->size, m->slots + (m->tail % m->cap) * m->size, m->size);
   pthread_mutex_unlock(&m->lock);
-  return r;
+  return k;
 }
 
 enum kind { KIND_RSEQ, KIND_CAS, KIND_MUTEX, NKINDS };
@@ -57,16 +69,34 @@ static const char *kind_names[NKINDS] = {"rseq", "cas", "mutex"};
 
 struct target {
   enum kind kind;
+  bool record;
   struct ring *ring;
   struct mutex_ring *mutex;
 };
 
-static inline int offer(struct target *t, void *item) {
-  return t->kind == KIND_MUTEX ? mutex_ring_offer(t->mutex, item) : ring_offer(t->ring, item);
+static size_t payload_size(const struct target *t) { return t->record ? REC : sizeof(void *); }
+
+// Offers n payloads (1 or a batch): how many went in.
+static inline size_t offer(struct target *t, const void *payloads, size_t n) {
+  if (t->kind == KIND_MUTEX) return mutex_ring_offer(t->mutex, payloads, n);
+  if (!t->record) {
+    if (n == 1) return ring_offer(t->ring, *(void *const *)payloads) == RING_OK;
+    return ring_offer_batch(t->ring, payloads, n);
+  }
+  size_t k = 0;
+  while (k < n && ring_offer_record(t->ring, (const char *)payloads + k * REC) == RING_OK) k++;
+  return k;
 }
 
-static inline int poll1(struct target *t, void **item) {
-  return t->kind == KIND_MUTEX ? mutex_ring_poll(t->mutex, item) : ring_poll(t->ring, item);
+static inline size_t poll_items(struct target *t, void *out, size_t max) {
+  if (t->kind == KIND_MUTEX) return mutex_ring_poll(t->mutex, out, max);
+  if (max == 1) {
+    int r = t->record ? ring_poll_record(t->ring, out) : ring_poll(t->ring, out);
+    return r == RING_OK;
+  }
+  long got = t->record ? ring_poll_record_batch(t->ring, out, max)
+                       : ring_poll_batch(t->ring, out, max);
+  return got > 0 ? (size_t)got : 0;
 }
 
 static double now(void) {
@@ -75,13 +105,13 @@ static double now(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static struct target make_target(enum kind k) {
-  struct target t = {k, NULL, NULL};
+static struct target make_target(enum kind k, bool record) {
+  struct target t = {k, record, NULL, NULL};
   if (k == KIND_MUTEX) {
-    t.mutex = mutex_ring_create(1024);
+    t.mutex = mutex_ring_create(1024, payload_size(&t));
   } else {
-    struct ring_options o = {k == KIND_RSEQ ? RSEQ_MODE_RSEQ : RSEQ_MODE_CAS, RSEQ_INDEX_CPU_ID, 0,
-                             0};
+    struct ring_options o = {k == KIND_RSEQ ? RSEQ_MODE_RSEQ : RSEQ_MODE_CAS, RSEQ_INDEX_CPU_ID,
+                             record ? REC : 0, 0};
     t.ring = ring_create(1024, &o);
     if (!t.ring) {
       fprintf(stderr, "ring_bench: cannot create a %s ring (errno %d)\n", kind_names[k], errno);
@@ -99,16 +129,29 @@ static void destroy_target(struct target *t) {
   }
 }
 
+// --- CPUs: the consumer on the first allowed CPU, producers round-robin on the rest.
+static int cpus[1024], ncpus;
+
+static void pin(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  sched_setaffinity(0, sizeof set, &set);
+}
+
+static int producer_cpu(int i) { return ncpus > 1 ? cpus[1 + i % (ncpus - 1)] : cpus[0]; }
+
 // ns per offer+poll pair in one thread.
-static double measure_pair(enum kind k, double millis) {
-  struct target t = make_target(k);
-  void *item;
+static double measure_pair(enum kind k, bool record, double millis) {
+  struct target t = make_target(k, record);
+  unsigned char in[REC] = {1}, out[REC];
   long n = 0;
   double start = now(), end = start + millis / 1000;
   while (now() < end) {
     for (int i = 0; i < 1000; i++) {
-      offer(&t, (void *)(uintptr_t)i);
-      poll1(&t, &item);
+      in[1] = (unsigned char)i;
+      offer(&t, in, 1);
+      poll_items(&t, out, 1);
     }
     n += 1000;
   }
@@ -119,44 +162,55 @@ static double measure_pair(enum kind k, double millis) {
 
 struct mpsc {
   struct target *t;
-  _Atomic int stop;   // relaxed: a stop request
-  _Atomic long offered;  // relaxed: summed after join
+  size_t batch;
+  _Atomic int go, stop;    // relaxed: start and stop requests
+  _Atomic long offered;    // relaxed: summed after join
+};
+
+struct producer_arg {
+  struct mpsc *m;
+  int cpu;
 };
 
 static void *bench_producer(void *p) {
-  struct mpsc *m = p;
+  struct producer_arg *a = p;
+  struct mpsc *m = a->m;
+  pin(a->cpu);
+  unsigned char payloads[BATCH_MAX * REC];
+  for (size_t i = 0; i < sizeof payloads; i++) payloads[i] = (unsigned char)(i + 1);
   long n = 0;
-  while (!atomic_load_explicit(&m->stop, memory_order_relaxed)) {
-    for (int i = 0; i < 64; i++)
-      if (offer(m->t, (void *)(uintptr_t)(i + 1)) == RING_OK) n++;
+  while (!atomic_load_explicit(&m->go, memory_order_relaxed)) {
   }
+  while (!atomic_load_explicit(&m->stop, memory_order_relaxed))
+    for (int i = 0; i < 64; i++) n += (long)offer(m->t, payloads, m->batch);
   atomic_fetch_add_explicit(&m->offered, n, memory_order_relaxed);
   return NULL;
 }
 
 // Items per second through P producers and one consumer.
-static double measure_mpsc(enum kind k, int producers, double millis) {
-  struct target t = make_target(k);
-  struct mpsc m = {&t, 0, 0};
-  pthread_t th[64];
-  for (int i = 0; i < producers; i++) pthread_create(&th[i], NULL, bench_producer, &m);
-  long polled = 0;
-  void *items[256];
-  double start = now(), end = start + millis / 1000;
-  while (now() < end) {
-    if (k == KIND_MUTEX) {
-      void *item;
-      for (int i = 0; i < 256; i++) polled += mutex_ring_poll(t.mutex, &item) == RING_OK;
-    } else {
-      long got = ring_poll_batch(t.ring, items, 256);
-      if (got > 0) polled += got;
-    }
+static double measure_mpsc(enum kind k, bool record, int producers, size_t batch, double millis) {
+  struct target t = make_target(k, record);
+  struct mpsc m = {&t, batch, 0, 0, 0};
+  pthread_t *th = calloc((size_t)producers, sizeof *th);
+  struct producer_arg *args = calloc((size_t)producers, sizeof *args);
+  pin(cpus[0]);
+  for (int i = 0; i < producers; i++) {
+    args[i] = (struct producer_arg){&m, producer_cpu(i)};
+    pthread_create(&th[i], NULL, bench_producer, &args[i]);
   }
+  unsigned char out[BATCH_MAX * REC];
+  long polled = 0;
+  atomic_store_explicit(&m.go, 1, memory_order_relaxed);
+  double start = now(), end = start + millis / 1000;
+  while (now() < end)
+    for (int i = 0; i < 64; i++) polled += (long)poll_items(&t, out, batch);
   double elapsed = now() - start;
   atomic_store_explicit(&m.stop, 1, memory_order_relaxed);
   for (int i = 0; i < producers; i++) pthread_join(th[i], NULL);
   if (t.ring) ring_consumer_release(t.ring);
   destroy_target(&t);
+  free(th);
+  free(args);
   return (double)polled / elapsed;
 }
 
@@ -165,18 +219,28 @@ static int cmp_double(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
+struct conf {
+  bool pair, record;
+  int producers;
+  size_t batch;
+};
+
 int main(int argc, char **argv) {
   int reps = 5;
   double millis = 300;
-  int producers[8] = {1, 8}, nprod = 2;
+  int producers[16], nprod = 0;
   const char *json = NULL;
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  sched_getaffinity(0, sizeof allowed, &allowed);
+  for (int c = 0; c < CPU_SETSIZE && ncpus < 1024; c++)
+    if (CPU_ISSET(c, &allowed)) cpus[ncpus++] = c;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--reps")) reps = atoi(argv[i + 1]);
     else if (!strcmp(argv[i], "--millis")) millis = atof(argv[i + 1]);
     else if (!strcmp(argv[i], "--json")) json = argv[i + 1];
     else if (!strcmp(argv[i], "--producers")) {
-      nprod = 0;
-      for (char *s = argv[i + 1]; *s && nprod < 8;) {
+      for (char *s = argv[i + 1]; *s && nprod < 16;) {
         producers[nprod++] = (int)strtol(s, &s, 10);
         if (*s == ',') s++;
       }
@@ -186,48 +250,81 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
+  if ((argc - 1) % 2 != 0 || reps < 1 || millis <= 0) {
+    fprintf(stderr, "usage: %s [--reps N] [--millis N] [--producers 1,8] [--json FILE]\n", argv[0]);
+    return 2;
+  }
+  if (nprod == 0) {  // 1, ncpus, 8 and 8 x ncpus, each once, in order
+    int want[4] = {1, ncpus, 8, 8 * ncpus};
+    for (int i = 0; i < 4; i++) {
+      int at = 0;
+      while (at < nprod && producers[at] < want[i]) at++;
+      if (at < nprod && producers[at] == want[i]) continue;
+      memmove(&producers[at + 1], &producers[at], sizeof producers[0] * (size_t)(nprod - at));
+      producers[at] = want[i];
+      nprod++;
+    }
+  }
+  for (int i = 0; i < nprod; i++)
+    if (producers[i] < 1 || producers[i] > 4096) {
+      fprintf(stderr, "ring_bench: producer count %d out of range 1..4096\n", producers[i]);
+      return 2;
+    }
   if (!rseq_available()) {
     fprintf(stderr, "ring_bench: rseq unavailable (%s): nothing to compare\n",
             rseq_unavailable_reason());
     return 1;
   }
-  int nconf = 1 + nprod;
+  struct conf confs[2 + 16 * 4];
+  int nconf = 0;
+  for (int rec = 0; rec < 2; rec++) confs[nconf++] = (struct conf){true, rec, 0, 1};
+  for (int p = 0; p < nprod; p++)
+    for (int rec = 0; rec < 2; rec++)
+      for (size_t b = 1; b <= 16; b += 15) confs[nconf++] = (struct conf){false, rec, producers[p], b};
+  printf("ring_bench: consumer on CPU %d, producers on %d other CPU%s; %d reps of %.0f ms\n",
+         cpus[0], ncpus > 1 ? ncpus - 1 : 0, ncpus == 2 ? "" : "s", reps, millis);
   double *res = calloc((size_t)(nconf * NKINDS * reps), sizeof(double));
 #define RES(conf, kind, rep) res[((conf) * NKINDS + (kind)) * reps + (rep)]
   for (int rep = 0; rep < reps; rep++)
-    for (int conf = 0; conf < nconf; conf++)
+    for (int c = 0; c < nconf; c++)
       for (int k = 0; k < NKINDS; k++)  // interleaved: noise hits every kind alike
-        RES(conf, k, rep) = conf == 0 ? measure_pair((enum kind)k, millis)
-                                      : measure_mpsc((enum kind)k, producers[conf - 1], millis);
+        RES(c, k, rep) = confs[c].pair ? measure_pair((enum kind)k, confs[c].record, millis)
+                                       : measure_mpsc((enum kind)k, confs[c].record,
+                                                      confs[c].producers, confs[c].batch, millis);
   FILE *js = json ? fopen(json, "w") : NULL;
-  if (js) fprintf(js, "{\"benchmark\": \"ring\", \"reps\": %d, \"results\": [", reps);
-  printf("| workload | impl | min | median | max | unit | median vs cas |\n");
-  printf("|---|---|---|---|---|---|---|\n");
-  for (int conf = 0; conf < nconf; conf++) {
+  if (js)
+    fprintf(js, "{\"benchmark\": \"ring\", \"reps\": %d, \"ncpus\": %d, \"results\": [", reps,
+            ncpus);
+  printf("| workload | items | batch | impl | min | median | max | unit | median vs cas |\n");
+  printf("|---|---|---|---|---|---|---|---|---|\n");
+  for (int c = 0; c < nconf; c++) {
     double med[NKINDS];
-    char name[32];
-    if (conf == 0)
+    char name[48];
+    if (confs[c].pair)
       snprintf(name, sizeof name, "offer+poll pair");
     else
-      snprintf(name, sizeof name, "mpsc %d producer%s", producers[conf - 1],
-               producers[conf - 1] > 1 ? "s" : "");
-    const char *unit = conf == 0 ? "ns/pair" : "Mitems/s";
-    double scale = conf == 0 ? 1 : 1e-6;
+      snprintf(name, sizeof name, "mpsc %d producer%s", confs[c].producers,
+               confs[c].producers > 1 ? "s" : "");
+    const char *items = confs[c].record ? "32 B record" : "pointer";
+    const char *unit = confs[c].pair ? "ns/pair" : "Mitems/s";
+    double scale = confs[c].pair ? 1 : 1e-6;
     for (int k = 0; k < NKINDS; k++) {
-      qsort(&RES(conf, k, 0), (size_t)reps, sizeof(double), cmp_double);
-      med[k] = RES(conf, k, reps / 2);
+      qsort(&RES(c, k, 0), (size_t)reps, sizeof(double), cmp_double);
+      med[k] = RES(c, k, reps / 2);
     }
     for (int k = 0; k < NKINDS; k++) {
       // Speed-up over CAS: lower is better for ns, higher for throughput.
-      double ratio = conf == 0 ? med[KIND_CAS] / med[k] : med[k] / med[KIND_CAS];
-      printf("| %s | %s | %.2f | %.2f | %.2f | %s | %.2fx |\n", name, kind_names[k],
-             RES(conf, k, 0) * scale, med[k] * scale, RES(conf, k, reps - 1) * scale, unit, ratio);
+      double ratio = confs[c].pair ? med[KIND_CAS] / med[k] : med[k] / med[KIND_CAS];
+      printf("| %s | %s | %zu | %s | %.2f | %.2f | %.2f | %s | %.2fx |\n", name, items,
+             confs[c].batch, kind_names[k], RES(c, k, 0) * scale, med[k] * scale,
+             RES(c, k, reps - 1) * scale, unit, ratio);
       if (js)
         fprintf(js,
-                "%s\n {\"workload\": \"%s\", \"impl\": \"%s\", \"unit\": \"%s\", \"min\": %.4f, "
-                "\"median\": %.4f, \"max\": %.4f, \"speedup_vs_cas\": %.3f}",
-                conf || k ? "," : "", name, kind_names[k], unit, RES(conf, k, 0) * scale,
-                med[k] * scale, RES(conf, k, reps - 1) * scale, ratio);
+                "%s\n {\"workload\": \"%s\", \"items\": \"%s\", \"batch\": %zu, \"impl\": \"%s\", "
+                "\"unit\": \"%s\", \"min\": %.4f, \"median\": %.4f, \"max\": %.4f, "
+                "\"speedup_vs_cas\": %.3f}",
+                c || k ? "," : "", name, items, confs[c].batch, kind_names[k], unit,
+                RES(c, k, 0) * scale, med[k] * scale, RES(c, k, reps - 1) * scale, ratio);
     }
   }
   if (js) {

@@ -16,29 +16,22 @@
 
 #define CACHELINE 64
 
-// One shard per CPU (or mm_cid): four cache lines, so the producers of a CPU, the
-// consumer and the statistics never write a line another of them reads on its fast
-// path. The consumer reads the producers' head line once per run of items; the
-// producers read the consumer's line only when the shard looks full.
+// One shard per CPU (or mm_cid): three cache lines, so the producers of a CPU, the
+// consumer and the statistics never write a line another of them reads on their fast
+// paths. Producers and consumer meet only in the slots (see ring.h).
 struct ring_shard {
-  // RSEQ: written only by the commit of an offer section on this CPU. CAS: claimed
-  // with a CAS by any producer. Alone on its line: the consumer reads it, and nothing
-  // else a producer reads is moved to the consumer's core by that read.
+  // The producers' line. RSEQ: `head` is a hint, never ahead of the true head (the
+  // first position whose slot is not committed): the sections check it against the
+  // slot's seq, and the producers store it after a commit, outside the section. CAS:
+  // the position producers claim with a CAS. The sections read the words below at the
+  // offsets that follow the struct; all but head are constant after creation.
   _Alignas(CACHELINE) uintptr_t head;
-  // The producers' private line: the sections read every word of it (at the offsets
-  // below). RSEQ: the producers' copy of tail, so an offer reads the consumer's line
-  // only when the shard looks full. It only ever holds a value tail had, so it is
-  // never ahead of tail: a stale copy makes the full check conservative, never wrong.
-  _Alignas(CACHELINE) uintptr_t tail_seen;
-  unsigned char *slots;  // constant after creation, as are the three words below
-  uintptr_t mask;        // capacity - 1
-  uintptr_t stride;      // bytes from one slot to the next
-  uintptr_t record_size; // bytes per record (RSEQ record rings)
-  // The consumer's line: written by the consumer only.
+  unsigned char *slots;
+  uintptr_t mask;         // capacity - 1
+  uintptr_t stride;       // bytes from one slot to the next
+  uintptr_t record_size;  // bytes per record (record rings; 8 for pointers)
+  // The consumer's line: written by the consumer only (once per run of items).
   _Alignas(CACHELINE) uintptr_t tail;
-  // RSEQ: the consumer's copy of head: items up to it are known to be committed, so the
-  // consumer reads the producers' line once per run of items, not once per item.
-  uintptr_t head_seen;
   unsigned char *cslots;  // the consumer's copy of slots
   // Relaxed counters: statistics, bumped on the rare paths only.
   _Alignas(CACHELINE) _Atomic uint64_t full;
@@ -48,17 +41,15 @@ struct ring_shard {
 
 // The offsets the sections' asm uses.
 #define RING_OFF_HEAD "0"
-#define RING_OFF_TAIL_SEEN "64"
-#define RING_OFF_SLOTS "72"
-#define RING_OFF_MASK "80"
-#define RING_OFF_STRIDE "88"
-#define RING_OFF_RECORD_SIZE "96"
+#define RING_OFF_SLOTS "8"
+#define RING_OFF_MASK "16"
+#define RING_OFF_STRIDE "24"
+#define RING_OFF_RECORD_SIZE "32"
 _Static_assert(offsetof(struct ring_shard, head) == 0, "asm offsets");
-_Static_assert(offsetof(struct ring_shard, tail_seen) == 64, "asm offsets");
-_Static_assert(offsetof(struct ring_shard, slots) == 72, "asm offsets");
-_Static_assert(offsetof(struct ring_shard, mask) == 80, "asm offsets");
-_Static_assert(offsetof(struct ring_shard, stride) == 88, "asm offsets");
-_Static_assert(offsetof(struct ring_shard, record_size) == 96, "asm offsets");
+_Static_assert(offsetof(struct ring_shard, slots) == 8, "asm offsets");
+_Static_assert(offsetof(struct ring_shard, mask) == 16, "asm offsets");
+_Static_assert(offsetof(struct ring_shard, stride) == 24, "asm offsets");
+_Static_assert(offsetof(struct ring_shard, record_size) == 32, "asm offsets");
 
 struct ring {
   struct rseq_percpu_mode mode;
@@ -68,8 +59,7 @@ struct ring {
   uintptr_t mask;
   size_t record_size;   // 0: pointer items
   size_t payload_size;  // bytes copied per item
-  size_t payload_off;   // a payload's offset in its slot: 8 in CAS mode (after seq), else 0
-  size_t stride;        // bytes per slot, a multiple of 8
+  size_t stride;        // bytes per slot (seq, then the payload), a multiple of 8
   uint32_t nshards;
   uintptr_t initial;
   struct ring_shard *shards;
@@ -79,12 +69,19 @@ struct ring {
   void *_Atomic consumer;  // the consumer thread's token, or NULL
 };
 
-// A slot. RSEQ mode: the payload alone (pointer rings are arrays of pointers). CAS
-// mode: the sequence number, then the payload.
+// A slot: its sequence number, then the payload. For position p the slot's seq is
+//   p             free for p (the consumer took p - capacity)
+//   p + 1         committed: holds the item of p
+//   p + capacity  taken by the consumer: free for p + capacity
+// RSEQ mode also leaves seq == p + 1 in slots past the head that an aborted batch
+// section wrote (its commit is the seq of its first slot, so the consumer never gets
+// past that one): every section clears the slot after the ones it commits when it
+// holds that pattern, so the slot at the head is never mistaken for a committed one.
+#define SEQ(slot) ((uintptr_t *)(slot))
+#define PAYLOAD_OFF 8
 static inline unsigned char *slot_at(const struct ring *r, unsigned char *slots, uintptr_t pos) {
   return slots + (pos & r->mask) * r->stride;
 }
-static inline uintptr_t *cas_seq(unsigned char *slot) { return (uintptr_t *)slot; }
 
 __attribute__((noreturn, cold)) static void index_out_of_range(const struct ring *r, int idx) {
   fprintf(stderr, "ring: %s index %d outside [0, %u): the kernel's rseq area is inconsistent\n",
@@ -126,8 +123,7 @@ struct ring *ring_create(size_t capacity, const struct ring_options *options) {
   r->mask = capacity - 1;
   r->record_size = o->record_size;
   r->payload_size = o->record_size ? o->record_size : sizeof(void *);
-  r->payload_off = mode.mode == RSEQ_MODE_CAS ? sizeof(uintptr_t) : 0;
-  r->stride = r->payload_off + ((r->payload_size + 7) & ~(size_t)7);
+  r->stride = PAYLOAD_OFF + ((r->payload_size + 7) & ~(size_t)7);
   r->nshards = (uint32_t)rseq_index_count(mode.index);
   r->initial = o->initial_position;
   r->shards = aligned_alloc(CACHELINE, sizeof *r->shards * r->nshards);
@@ -139,7 +135,7 @@ struct ring *ring_create(size_t capacity, const struct ring_options *options) {
   memset(r->shards, 0, sizeof *r->shards * r->nshards);
   for (uint32_t c = 0; c < r->nshards; c++) {
     struct ring_shard *s = &r->shards[c];
-    s->head = s->tail = s->tail_seen = s->head_seen = r->initial;
+    s->head = s->tail = r->initial;
     s->mask = r->mask;
     s->stride = r->stride;
     s->record_size = r->payload_size;
@@ -151,10 +147,8 @@ struct ring *ring_create(size_t capacity, const struct ring_options *options) {
       return NULL;
     }
     memset(s->slots, 0, bytes);
-    // CAS mode: the slot for position p is free for the producer of p when seq == p.
-    if (mode.mode == RSEQ_MODE_CAS)
-      for (size_t k = 0; k < capacity; k++)
-        *cas_seq(slot_at(r, s->slots, r->initial + k)) = r->initial + k;
+    // Every slot free for its first position.
+    for (size_t k = 0; k < capacity; k++) *SEQ(slot_at(r, s->slots, r->initial + k)) = r->initial + k;
   }
   return r;
 }
@@ -191,8 +185,11 @@ static size_t cas_offer(struct ring *r, const unsigned char *payloads, size_t n)
     while (k < n) {
       // Acquire: pairs with the consumer's release of seq, so its read of the slot's
       // previous item is done before we overwrite the payload.
-      uintptr_t seq = __atomic_load_n(cas_seq(slot_at(r, s->slots, pos + k)), __ATOMIC_ACQUIRE);
+      uintptr_t seq = __atomic_load_n(SEQ(slot_at(r, s->slots, pos + k)), __ATOMIC_ACQUIRE);
       dif = (intptr_t)(seq - (pos + k));
+#if CCACHE_SEEDED_BUG == 4  // test-only variant (ci/fuzz-teeth): one item too many
+      if (k == 0 && dif == 1 - (intptr_t)r->capacity) dif = 0;  // claims the oldest unread item's slot
+#endif
       if (dif != 0) break;
       k++;
     }
@@ -211,9 +208,9 @@ static size_t cas_offer(struct ring *r, const unsigned char *payloads, size_t n)
                                     __ATOMIC_RELAXED)) {
       for (size_t i = 0; i < k; i++) {
         unsigned char *slot = slot_at(r, s->slots, pos + i);
-        memcpy(slot + r->payload_off, payloads + i * r->payload_size, r->payload_size);
+        memcpy(slot + PAYLOAD_OFF, payloads + i * r->payload_size, r->payload_size);
         // Release: the payload is written before the consumer can see seq == pos + 1.
-        __atomic_store_n(cas_seq(slot), pos + i + 1, __ATOMIC_RELEASE);
+        __atomic_store_n(SEQ(slot), pos + i + 1, __ATOMIC_RELEASE);
       }
       return k;
     }
@@ -222,165 +219,197 @@ static size_t cas_offer(struct ring *r, const unsigned char *payloads, size_t n)
 }
 
 // ---------------------------------------------------------------------------------
-// RSEQ-mode producers: three critical sections, inlined at their one call site each
-// (ring_offer, ring_offer_record, offer_batch_rseq), so the fast path is one call with
-// no locked instruction and no write to a line the consumer reads on its fast path
-// (it reads head once per run of items). Each section:
+// RSEQ-mode producers: the same slots as CAS mode, and the rseq section takes the
+// place of the CAS. Three sections, inlined at their one call site each (ring_offer,
+// ring_offer_record, offer_batch_rseq): an offer is one call with no locked
+// instruction, and writes only its CPU's hint line and the slots. Each section:
 //   if (cpu != current) abort;
-//   h = s->head;  if (h - s->tail_seen >= capacity) goto full;   (cmpfail)
-//   write the item(s) into the free slot(s) from h on;   <- try-stores: invisible until
-//   s->head = h + k;                                     <- the commit (x86 keeps the
-//                                                           stores in order: a release)
-// An abort leaves head unchanged, so the slots written are still free: the retry (on
-// this CPU or another) writes them again or not at all. Injection points (inject
-// variant): 1 after the checks, 2 right before the commit.
+//   h = s->head;  if (seq(slot h) != h) goto cmpfail;   (a stale hint, or full)
+//   [batch: k = 1 + the run of slots after h whose seq is p or p + 1, at most n]
+//   write the item(s) into slot h (and h+1 .. h+k-1, with their seq = p + 1);
+//   if (seq(slot h+k) == h+k+1) seq(slot h+k) = h+k;     (clear an aborted batch's
+//                                                          leftover past the new head)
+//   seq(slot h) = h + 1;                                  <- the commit (x86 keeps the
+//                                                            stores in order: a release)
+// The consumer takes slots in order and stops at the first whose seq is not p + 1, so
+// nothing a section writes is visible before its commit, and an abort leaves slot h
+// free: the retry (on this CPU or another) writes it again or not at all. After the
+// commit, outside the section, the producer stores the hint h + k; a lost hint store
+// only sends the next offer through the slow path. The hint is never ahead of the
+// head, so a slot whose seq equals the hint is the head's (a slot behind the head
+// holds p + 1 or p + capacity). Injection points (inject variant): 1 after the checks,
+// 2 right before the commit.
 //
 // Arguments: the thread's rseq area, its index field (&area->cpu_id or &area->mm_cid),
 // the index (for the counting hooks), `cpu` (the value the caller read from that
 // field) and the shard of `cpu`, which the caller computes from that same value: the
 // section starts by comparing it with the field's current one, so the shard always
-// belongs to the CPU the section runs on.
+// belongs to the CPU the section runs on. *head gets the new hint.
 
 #define RING_SECTION_ARGS_ \
   struct rseq_abi *area, uint32_t *idx, enum rseq_index index, int cpu, struct ring_shard *s
-#define RING_ASM_START_(name)                                                              \
-  RSEQ_ASM_DEFINE_TABLE(name)                                                             \
-  RSEQ_ASM_DEFINE_EXIT_POINT("1f", full)                                                  \
-  RSEQ_ASM_START                                                                          \
-  "movq " RING_OFF_HEAD "(%[s]), %[h]\n\t"
-#define RING_ASM_COMMIT_                                                                   \
-  RSEQ_ASM_CMP_CPU_TWICE                                                                  \
-  "movq %[h], " RING_OFF_HEAD "(%[s])\n\t" /* the commit */                               \
-  "2:\n\t"                                                                                \
+// The slot of position `pos` into register `dst`.
+#define RING_ASM_SLOT_(pos, dst)                                  \
+  "movq " pos ", " dst "\n\t"                                     \
+  "andq " RING_OFF_MASK "(%[s]), " dst "\n\t"                     \
+  "imulq " RING_OFF_STRIDE "(%[s]), " dst "\n\t"                  \
+  "addq " RING_OFF_SLOTS "(%[s]), " dst "\n\t"
+// Arm, compare the CPU, load the hint into h and its slot into a; cmpfail unless the
+// slot is free for h.
+#define RING_ASM_START_(name)                                     \
+  RSEQ_ASM_DEFINE_TABLE(name)                                     \
+  RSEQ_ASM_DEFINE_EXIT_POINT("1f", cmpfail)                       \
+  RSEQ_ASM_START                                                  \
+  "movq " RING_OFF_HEAD "(%[s]), %[h]\n\t"                        \
+  RING_ASM_SLOT_("%[h]", "%[a]")                                  \
+  "cmpq (%[a]), %[h]\n\t"                                         \
+  "jne %l[cmpfail]\n\t"
+// If slot `pos` holds pos + 1 past the new head, clear it to pos (uses b and rax).
+#define RING_ASM_CLEAR_AFTER_(pos)                                \
+  RING_ASM_SLOT_(pos, "%[b]")                                     \
+  "leaq 1(" pos "), %%rax\n\t"                                    \
+  "cmpq (%[b]), %%rax\n\t"                                        \
+  "jne 89f\n\t"                                                   \
+  "decq %%rax\n\t"                                                \
+  "movq %%rax, (%[b])\n\t"                                        \
+  "89:\n\t"
+#define RING_ASM_COMMIT_                                          \
+  "incq %[h]\n\t"                                                 \
+  RSEQ_INJECT_ASM(2)                                              \
+  RSEQ_ASM_CMP_CPU_TWICE                                          \
+  "movq %[h], (%[a])\n\t" /* the commit: seq = h + 1 */           \
+  "2:\n\t"                                                        \
   RSEQ_ASM_DEFINE_ABORT
 #define RING_ASM_INPUTS_ [id] "i"(id), [cpu] "r"(cpu), [idx] "r"(idx), [area] "r"(area), [s] "r"(s)
-#define RING_ASM_CLOBBERS_ "memory", "cc", "rax" RSEQ_INJECT_CLOBBER : abort, full RSEQ_ASM_GOTO_ERROR_CPU
-#define RING_SECTION_EXITS_(name)                                                          \
-  abort:                                                                                  \
-  return RSEQ_ABORT; /* the caller counts it, on its slow path */                         \
-  full:                                                                                   \
-  return rseq_section_cmpfailed_(id, &s->head);                                           \
+#define RING_ASM_CLOBBERS_ "memory", "cc", "rax" RSEQ_INJECT_CLOBBER : abort, cmpfail RSEQ_ASM_GOTO_ERROR_CPU
+#define RING_SECTION_EXITS_(name)                                 \
+  abort:                                                          \
+  return RSEQ_ABORT; /* the caller counts it, on its slow path */ \
+  cmpfail:                                                        \
+  return rseq_section_cmpfailed_(id, &s->head);                   \
   RSEQ_ASM_ERROR_CPU_BLOCK(name, cpu)
 
-// One pointer into the slot at head.
-static inline __attribute__((always_inline)) int offer_section(RING_SECTION_ARGS_, intptr_t item) {
+// One pointer into the slot at the head.
+static inline __attribute__((always_inline)) int offer_section(RING_SECTION_ARGS_, intptr_t item,
+                                                               uintptr_t *head) {
   enum { id = RSEQ_SECTION_ID_ring_offer };
-  unsigned long h, n, slots;
+  unsigned long h, a, b, p;
   rseq_section_enter_(id, index, cpu, &s->head);
   __asm__ __volatile__ goto(RING_ASM_START_("ring_offer")
-               "movq %[h], %[n]\n\t"
-               "subq " RING_OFF_TAIL_SEEN "(%[s]), %[n]\n\t" /* items held, as tail_seen says */
-               "cmpq " RING_OFF_MASK "(%[s]), %[n]\n\t"
-               "ja %l[full]\n\t"                              /* held > mask: full */
                RSEQ_INJECT_ASM(1)
-               "movq %[h], %[n]\n\t"
-               "andq " RING_OFF_MASK "(%[s]), %[n]\n\t"
-               "movq " RING_OFF_SLOTS "(%[s]), %[slots]\n\t"
-               "movq %[item], (%[slots], %[n], 8)\n\t"       /* the try-store */
-               "incq %[h]\n\t"
-               RSEQ_INJECT_ASM(2)
+               "leaq 1(%[h]), %[p]\n\t"
+               RING_ASM_CLEAR_AFTER_("%[p]")
+               "movq %[item], 8(%[a])\n\t"                     /* the try-store */
                RING_ASM_COMMIT_
-               : [h] "=&r"(h), [n] "=&r"(n), [slots] "=&r"(slots)
+               : [h] "=&r"(h), [a] "=&r"(a), [b] "=&r"(b), [p] "=&r"(p)
                : RING_ASM_INPUTS_, [item] "r"(item)
                : RING_ASM_CLOBBERS_);
-  (void)h;
-  (void)n;
-  (void)slots;
+  (void)a;
+  (void)b;
+  (void)p;
+  *head = h;
   return rseq_section_committed_(id, &s->head);
   RING_SECTION_EXITS_(ring_offer)
 }
 
-// One record of record_size bytes into the slot at head: whole words, then the bytes
-// left (the source is read within its record_size bytes only).
+// One record of record_size bytes into the slot at the head: whole words, then the
+// bytes left (the source is read within its record_size bytes only).
 static inline __attribute__((always_inline)) int offer_record_section(RING_SECTION_ARGS_,
-                                                                      const void *src) {
+                                                                      const void *src,
+                                                                      uintptr_t *head) {
   enum { id = RSEQ_SECTION_ID_ring_offer_record };
-  unsigned long h, dst, i;
+  unsigned long h, a, b, i;
   rseq_section_enter_(id, index, cpu, &s->head);
   __asm__ __volatile__ goto(RING_ASM_START_("ring_offer_record")
-               "movq %[h], %[dst]\n\t"
-               "subq " RING_OFF_TAIL_SEEN "(%[s]), %[dst]\n\t"
-               "cmpq " RING_OFF_MASK "(%[s]), %[dst]\n\t"
-               "ja %l[full]\n\t"
                RSEQ_INJECT_ASM(1)
-               "movq %[h], %[dst]\n\t"
-               "andq " RING_OFF_MASK "(%[s]), %[dst]\n\t"
-               "imulq " RING_OFF_STRIDE "(%[s]), %[dst]\n\t"
-               "addq " RING_OFF_SLOTS "(%[s]), %[dst]\n\t"    /* the slot at head */
+               "leaq 1(%[h]), %[i]\n\t"
+               RING_ASM_CLEAR_AFTER_("%[i]")
                "xorl %k[i], %k[i]\n\t"
                "81:\n\t"                                       /* whole words */
                "leaq 8(%[i]), %%rax\n\t"
                "cmpq " RING_OFF_RECORD_SIZE "(%[s]), %%rax\n\t"
                "ja 82f\n\t"
                "movq (%[src], %[i]), %%rax\n\t"
-               "movq %%rax, (%[dst], %[i])\n\t"                /* try-stores */
+               "movq %%rax, 8(%[a], %[i])\n\t"                 /* try-stores */
                "addq $8, %[i]\n\t"
                "jmp 81b\n\t"
                "82:\n\t"                                       /* the bytes left */
                "cmpq " RING_OFF_RECORD_SIZE "(%[s]), %[i]\n\t"
                "jae 83f\n\t"
                "movzbl (%[src], %[i]), %%eax\n\t"
-               "movb %%al, (%[dst], %[i])\n\t"
+               "movb %%al, 8(%[a], %[i])\n\t"
                "incq %[i]\n\t"
                "jmp 82b\n\t"
                "83:\n\t"
-               "incq %[h]\n\t"
-               RSEQ_INJECT_ASM(2)
                RING_ASM_COMMIT_
-               : [h] "=&r"(h), [dst] "=&r"(dst), [i] "=&r"(i)
+               : [h] "=&r"(h), [a] "=&r"(a), [b] "=&r"(b), [i] "=&r"(i)
                : RING_ASM_INPUTS_, [src] "r"(src)
                : RING_ASM_CLOBBERS_);
-  (void)h;
-  (void)dst;
+  (void)a;
+  (void)b;
   (void)i;
+  *head = h;
   return rseq_section_committed_(id, &s->head);
   RING_SECTION_EXITS_(ring_offer_record)
 }
 
-// Up to n pointers (n >= 1) into the free slots from head on, in one commit.
-//   k = capacity - (h - tail_seen);  if (k <= 0) goto full;  k = min(k, n);
+// Up to n pointers (n >= 1) into the slots from the head on, with one commit:
+//   k = 1; while (k < n && seq(slot h+k) is h+k or h+k+1) k++;   (free, or an aborted
+//                                                                  batch's leftover)
 // *offered = k: items[0 .. k) are committed, in order.
 static inline __attribute__((always_inline)) int offer_batch_section(RING_SECTION_ARGS_,
                                                                      void *const *items,
                                                                      unsigned long n,
-                                                                     unsigned long *offered) {
+                                                                     unsigned long *offered,
+                                                                     uintptr_t *head) {
   enum { id = RSEQ_SECTION_ID_ring_offer_batch };
-  unsigned long h, k, slots, i, v;
+  unsigned long h, a, b, k, p;
   rseq_section_enter_(id, index, cpu, &s->head);
   __asm__ __volatile__ goto(RING_ASM_START_("ring_offer_batch")
-               "movq " RING_OFF_MASK "(%[s]), %[k]\n\t"
-               "incq %[k]\n\t"                                 /* capacity */
-               "addq " RING_OFF_TAIL_SEEN "(%[s]), %[k]\n\t"
-               "subq %[h], %[k]\n\t"                           /* free slots */
-               "jle %l[full]\n\t"  /* signed: a stale tail_seen may make it negative */
+               "movl $1, %k[k]\n\t"
+               "84:\n\t"                                       /* how many slots */
                "cmpq %[n], %[k]\n\t"
-               "cmovaq %[n], %[k]\n\t"
+               "jae 85f\n\t"
+               "leaq (%[h], %[k]), %[p]\n\t"
+               RING_ASM_SLOT_("%[p]", "%[b]")
+               "cmpq (%[b]), %[p]\n\t"
+               "je 86f\n\t"                                    /* free */
+               "leaq 1(%[p]), %%rax\n\t"
+               "cmpq (%[b]), %%rax\n\t"
+               "jne 85f\n\t"                                   /* not a leftover: stop */
+               "86:\n\t"
+               "incq %[k]\n\t"
+               "jmp 84b\n\t"
+               "85:\n\t"
                RSEQ_INJECT_ASM(1)
-               "movq " RING_OFF_SLOTS "(%[s]), %[slots]\n\t"
-               "xorl %k[i], %k[i]\n\t"
-               "81:\n\t"
-               "leaq (%[h], %[i]), %%rax\n\t"
-               "andq " RING_OFF_MASK "(%[s]), %%rax\n\t"
-               "movq (%[items], %[i], 8), %[v]\n\t"
-               "movq %[v], (%[slots], %%rax, 8)\n\t"            /* try-stores */
-               "incq %[i]\n\t"
-               "cmpq %[k], %[i]\n\t"
-               "jb 81b\n\t"
-               "addq %[k], %[h]\n\t"
-               RSEQ_INJECT_ASM(2)
+               "leaq (%[h], %[k]), %[p]\n\t"
+               RING_ASM_CLEAR_AFTER_("%[p]")
+               "movq %[k], %[p]\n\t"                           /* slots h+k-1 .. h+1 */
+               "87:\n\t"
+               "decq %[p]\n\t"
+               "jz 88f\n\t"
+               "leaq (%[h], %[p]), %%rax\n\t"
+               RING_ASM_SLOT_("%%rax", "%[b]")
+               "movq (%[items], %[p], 8), %%rax\n\t"
+               "movq %%rax, 8(%[b])\n\t"                       /* try-stores */
+               "leaq 1(%[h], %[p]), %%rax\n\t"
+               "movq %%rax, (%[b])\n\t"
+               "jmp 87b\n\t"
+               "88:\n\t"
+               "movq (%[items]), %%rax\n\t"
+               "movq %%rax, 8(%[a])\n\t"                       /* slot h's item */
                RING_ASM_COMMIT_
-               : [h] "=&r"(h), [k] "=&r"(k), [slots] "=&r"(slots), [i] "=&r"(i), [v] "=&r"(v)
+               : [h] "=&r"(h), [a] "=&r"(a), [b] "=&r"(b), [k] "=&r"(k), [p] "=&r"(p)
                : RING_ASM_INPUTS_, [items] "r"(items), [n] "r"(n)
                : RING_ASM_CLOBBERS_);
-  (void)h;
-  (void)slots;
-  (void)i;
-  (void)v;
+  (void)a;
+  (void)b;
+  (void)p;
   *offered = k;
+  *head = h - 1 + k;
   return rseq_section_committed_(id, &s->head);
   RING_SECTION_EXITS_(ring_offer_batch)
 }
-
 // The index for a section, read inline; -1 when the area cannot give it yet.
 static inline int offer_index(const struct ring *r, struct rseq_abi **area, uint32_t **idx) {
   struct rseq_abi *a = rseq_tls_area_;
@@ -412,26 +441,57 @@ __attribute__((noinline, cold)) static void offer_aborted(struct ring_shard *s, 
   atomic_fetch_add_explicit(&s->aborts, 1, memory_order_relaxed);
 }
 
-// A section found shard s full as its tail_seen says. Reads the consumer's tail and
-// refreshes tail_seen: true when the shard has room after all (the offer goes again),
-// false when it is full (counted).
-__attribute__((noinline)) static bool offer_full(const struct ring *r, struct ring_shard *s) {
-  // Acquire: pairs with the consumer's release of tail: the slots it freed are no
-  // longer being read when a section overwrites them.
-  uintptr_t t = __atomic_load_n(&s->tail, __ATOMIC_ACQUIRE);
-  // Relaxed: only a producer stores tail_seen; a store that lost a race to a newer one
-  // leaves it behind tail, which only makes the full check conservative. Release: a
-  // section on another thread that reads this copy overwrites slots the consumer freed.
-  uintptr_t seen = __atomic_load_n(&s->tail_seen, __ATOMIC_RELAXED);
-  if ((intptr_t)(t - seen) > 0) __atomic_store_n(&s->tail_seen, t, __ATOMIC_RELEASE);
-  // Relaxed: head moves only through sections on this shard's CPU; a stale value can
-  // only make this look fuller, and then the caller reports full, which it was.
-  uintptr_t h = __atomic_load_n(&s->head, __ATOMIC_RELAXED);
-#if CCACHE_SEEDED_BUG == 4  // test-only variant (ci/fuzz-teeth): one item too many
-  if (h - t > r->capacity) {
-#else
-  if (h - t >= r->capacity) {
-#endif
+__attribute__((noreturn, cold)) static void slot_corrupt(const struct ring *r, int shard,
+                                                        uintptr_t pos, uintptr_t seq) {
+  fprintf(stderr,
+          "ring: shard %d: the slot of position %#lx holds seq %#lx, which no state of that "
+          "position has (capacity %zu): the ring's memory was overwritten\n",
+          shard, (unsigned long)pos, (unsigned long)seq, r->capacity);
+  abort();
+}
+
+// The first position of shard s whose slot is not committed (the head), scanning from
+// the hint, or from the consumer's tail when the hint is behind it. *full tells whether
+// that slot still holds the unread item of a lap before. Reads only; any thread.
+static uintptr_t find_head(const struct ring *r, struct ring_shard *s, bool *full) {
+  for (;;) {
+    // Relaxed: a hint; the scan below decides.
+    uintptr_t p = __atomic_load_n(&s->head, __ATOMIC_RELAXED);
+    // Acquire: pairs with the consumer's release of tail: the slots before it are taken.
+    uintptr_t t = __atomic_load_n(&s->tail, __ATOMIC_ACQUIRE);
+    if ((intptr_t)(t - p) > 0) p = t;  // [tail, head) is committed: start at either
+    for (;;) {
+      // Acquire: pairs with the release of seq by a section's commit (a store in asm, a
+      // release on x86) and by the consumer.
+      uintptr_t seq = __atomic_load_n(SEQ(slot_at(r, s->slots, p)), __ATOMIC_ACQUIRE);
+      intptr_t d = (intptr_t)(seq - p);
+      if (d == 0) {  // free for p: the head
+        *full = false;
+        return p;
+      }
+      if (d == 1 || d == (intptr_t)r->capacity) {  // committed, or taken since we read tail
+        p++;
+        continue;
+      }
+      if (d == 1 - (intptr_t)r->capacity) {  // the item of p - capacity is still unread
+        *full = true;
+        return p;
+      }
+      if (d > 1) break;  // the slot is a lap or more ahead: we were slow; read again
+      slot_corrupt(r, (int)(s - r->shards), p, seq);
+    }
+  }
+}
+
+// A section found the slot at shard s's hint not free: the hint is stale, or the shard
+// is full. Moves the hint to the head: true when the offer should go again, false when
+// the shard is full (counted).
+__attribute__((noinline)) static bool offer_resync(const struct ring *r, struct ring_shard *s) {
+  bool full;
+  uintptr_t h = find_head(r, s, &full);
+  // Relaxed: a hint (see the struct); a store that races another only makes it stale.
+  __atomic_store_n(&s->head, h, __ATOMIC_RELAXED);
+  if (full) {
     atomic_fetch_add_explicit(&s->full, 1, memory_order_relaxed);
     return false;
   }
@@ -444,6 +504,9 @@ static int wrong_kind(void) {
   return -1;
 }
 
+// Relaxed: the hint after a commit (see the struct).
+#define STORE_HINT(s, h) __atomic_store_n(&(s)->head, (h), __ATOMIC_RELAXED)
+
 int ring_offer(struct ring *r, void *item) {
   if (__builtin_expect(r->record_size != 0, 0)) return wrong_kind();
   if (r->mode.mode == RSEQ_MODE_CAS) return cas_offer(r, (unsigned char *)&item, 1) ? RING_OK : RING_FULL;
@@ -453,11 +516,15 @@ int ring_offer(struct ring *r, void *item) {
     int cpu = offer_index(r, &area, &idx);
     if (__builtin_expect(cpu < 0, 0)) cpu = offer_no_index(r, &area, &idx);
     struct ring_shard *s = &r->shards[cpu];
-    int res = offer_section(area, idx, r->mode.index, cpu, s, (intptr_t)item);
-    if (__builtin_expect(res == RSEQ_COMMIT, 1)) return RING_OK;
+    uintptr_t head;
+    int res = offer_section(area, idx, r->mode.index, cpu, s, (intptr_t)item, &head);
+    if (__builtin_expect(res == RSEQ_COMMIT, 1)) {
+      STORE_HINT(s, head);
+      return RING_OK;
+    }
     if (res == RSEQ_ABORT)
       offer_aborted(s, RSEQ_SECTION_ID_ring_offer);
-    else if (!offer_full(r, s))
+    else if (!offer_resync(r, s))
       return RING_FULL;
   }
 }
@@ -471,11 +538,15 @@ int ring_offer_record(struct ring *r, const void *record) {
     int cpu = offer_index(r, &area, &idx);
     if (__builtin_expect(cpu < 0, 0)) cpu = offer_no_index(r, &area, &idx);
     struct ring_shard *s = &r->shards[cpu];
-    int res = offer_record_section(area, idx, r->mode.index, cpu, s, record);
-    if (__builtin_expect(res == RSEQ_COMMIT, 1)) return RING_OK;
+    uintptr_t head;
+    int res = offer_record_section(area, idx, r->mode.index, cpu, s, record, &head);
+    if (__builtin_expect(res == RSEQ_COMMIT, 1)) {
+      STORE_HINT(s, head);
+      return RING_OK;
+    }
     if (res == RSEQ_ABORT)
       offer_aborted(s, RSEQ_SECTION_ID_ring_offer_record);
-    else if (!offer_full(r, s))
+    else if (!offer_resync(r, s))
       return RING_FULL;
   }
 }
@@ -490,11 +561,15 @@ __attribute__((noinline)) static size_t offer_batch_rseq(struct ring *r, void *c
     if (__builtin_expect(cpu < 0, 0)) cpu = offer_no_index(r, &area, &idx);
     struct ring_shard *s = &r->shards[cpu];
     unsigned long k;
-    int res = offer_batch_section(area, idx, r->mode.index, cpu, s, items, n, &k);
-    if (__builtin_expect(res == RSEQ_COMMIT, 1)) return k;
+    uintptr_t head;
+    int res = offer_batch_section(area, idx, r->mode.index, cpu, s, items, n, &k, &head);
+    if (__builtin_expect(res == RSEQ_COMMIT, 1)) {
+      STORE_HINT(s, head);
+      return k;
+    }
     if (res == RSEQ_ABORT)
       offer_aborted(s, RSEQ_SECTION_ID_ring_offer_batch);
-    else if (!offer_full(r, s))
+    else if (!offer_resync(r, s))
       return 0;
   }
 }
@@ -553,50 +628,35 @@ void ring_consumer_release(struct ring *r) {
   atomic_store_explicit(&r->consumer, NULL, memory_order_release);
 }
 
-// How many committed items shard s holds from position t on (at most `max`).
+// How many committed items shard s holds from position t on (at most `max`): the
+// slots in order while their seq says committed. Both modes.
 static inline size_t committed_from(const struct ring *r, struct ring_shard *s, uintptr_t t,
                                     size_t max) {
-  if (r->mode.mode == RSEQ_MODE_RSEQ) {
-    uintptr_t h = s->head_seen;  // the consumer's own copy
-    if (h - t < max) {
-      // Acquire: pairs with the producer's committing store (a release on x86); TSan
-      // cannot see that store inside the asm, so the producer released `head` before
-      // its section and we acquire it here.
-      h = __atomic_load_n(&s->head, __ATOMIC_ACQUIRE);
-      CCACHE_TSAN_ACQUIRE(&s->head);
-      s->head_seen = h;
-    }
-    size_t n = (size_t)(h - t);
-    return n < max ? n : max;
-  }
   size_t n = 0;
-  // Acquire: pairs with the producer's release of seq; the payload is written.
-  while (n < max &&
-         __atomic_load_n(cas_seq(slot_at(r, s->cslots, t + n)), __ATOMIC_ACQUIRE) == t + n + 1)
+  // Acquire: pairs with the producer's release of seq (RSEQ mode: the section's commit,
+  // a store in asm, which TSan cannot see: the producer released s->head before its
+  // section and we acquire it below); the payload is written.
+  while (n < max && __atomic_load_n(SEQ(slot_at(r, s->cslots, t + n)), __ATOMIC_ACQUIRE) == t + n + 1)
     n++;
+  if (n) CCACHE_TSAN_ACQUIRE(&s->head);
   return n;
 }
 
 // Take n committed items from shard s, starting at its tail, into out (payload_size
-// each), and publish the new tail once.
+// each), free their slots for the next lap, and publish the new tail once.
 static inline void take(struct ring *r, struct ring_shard *s, uintptr_t t, size_t n,
                         unsigned char *out) {
-  if (r->mode.mode == RSEQ_MODE_RSEQ && r->record_size == 0) {
-    // Pointer slots are an array: at most two runs, split where the positions wrap.
-    void **slots = (void **)s->cslots, **dst = (void **)out;
-    size_t at = (size_t)(t & r->mask), first = r->capacity - at < n ? r->capacity - at : n;
-    memcpy(dst, slots + at, first * sizeof *slots);
-    memcpy(dst + first, slots, (n - first) * sizeof *slots);
-  } else {
-    for (size_t k = 0; k < n; k++) {
-      unsigned char *slot = slot_at(r, s->cslots, t + k);
-      memcpy(out + k * r->payload_size, slot + r->payload_off, r->payload_size);
-      if (r->mode.mode == RSEQ_MODE_CAS)
-        // Release: we are done reading the payload before a producer may reuse the slot.
-        __atomic_store_n(cas_seq(slot), t + k + r->capacity, __ATOMIC_RELEASE);
-    }
+  for (size_t k = 0; k < n; k++) {
+    unsigned char *slot = slot_at(r, s->cslots, t + k);
+    if (r->record_size == 0)
+      ((void **)out)[k] = *(void **)(slot + PAYLOAD_OFF);
+    else
+      memcpy(out + k * r->payload_size, slot + PAYLOAD_OFF, r->payload_size);
+    // Release: we are done reading the payload before a producer may reuse the slot.
+    __atomic_store_n(SEQ(slot), t + k + r->capacity, __ATOMIC_RELEASE);
   }
-  // Release: pairs with the producers' acquire of tail (offer_full): the slots are read.
+  // Release: pairs with find_head's acquire of tail (statistics and the producers'
+  // slow path start their scan there).
   __atomic_store_n(&s->tail, t + n, __ATOMIC_RELEASE);
 }
 
@@ -690,14 +750,23 @@ long ring_poll_record_batch(struct ring *r, void *records, size_t max) {
 // ---------------------------------------------------------------------------------
 // Statistics.
 
+// The committed position count of a shard: RSEQ mode, where the head is (its hint may
+// be behind); CAS mode, the claimed positions.
+static uintptr_t offered_until(const struct ring *r, struct ring_shard *s) {
+  bool full;
+  // Relaxed: statistics; positions count every commit since creation.
+  return r->mode.mode == RSEQ_MODE_CAS ? __atomic_load_n(&s->head, __ATOMIC_RELAXED)
+                                       : find_head(r, s, &full);
+}
+
 int ring_cpu_stats(const struct ring *r, int shard, struct ring_cpu_stats *out) {
   if (shard < 0 || shard >= (int)r->nshards) {
     errno = EINVAL;
     return -1;
   }
   struct ring_shard *s = &r->shards[shard];
-  // Relaxed: statistics; positions count every commit since creation.
-  out->offered = __atomic_load_n(&s->head, __ATOMIC_RELAXED) - r->initial;
+  out->offered = offered_until(r, s) - r->initial;
+  // Relaxed: statistics.
   out->polled = __atomic_load_n(&s->tail, __ATOMIC_RELAXED) - r->initial;
   out->full = atomic_load_explicit(&s->full, memory_order_relaxed);
   return 0;
@@ -710,7 +779,7 @@ void ring_stats(const struct ring *r, struct ring_stats *out) {
                                                       : "ring_offer (ring_offer_batch for batches)";
   for (uint32_t c = 0; c < r->nshards; c++) {
     struct ring_shard *s = &r->shards[c];
-    out->offer_commits += __atomic_load_n(&s->head, __ATOMIC_RELAXED) - r->initial;
+    out->offer_commits += offered_until(r, s) - r->initial;
     out->offer_aborts += atomic_load_explicit(&s->aborts, memory_order_relaxed);
     out->offer_retries += atomic_load_explicit(&s->retries, memory_order_relaxed);
   }
