@@ -75,8 +75,9 @@ struct ring {
 //   p + capacity  taken by the consumer: free for p + capacity
 // RSEQ mode also leaves seq == p + 1 in slots past the head that an aborted batch
 // section wrote (its commit is the seq of its first slot, so the consumer never gets
-// past that one): every section clears the slot after the ones it commits when it
-// holds that pattern, so the slot at the head is never mistaken for a committed one.
+// past that one): every section of a pointer ring clears the slot after the ones it
+// commits when it holds that pattern, so the slot at the head is never mistaken for a
+// committed one. (Record rings have no batch section.)
 #define SEQ(slot) ((uintptr_t *)(slot))
 #define PAYLOAD_OFF 8
 static inline unsigned char *slot_at(const struct ring *r, unsigned char *slots, uintptr_t pos) {
@@ -318,12 +319,11 @@ static inline __attribute__((always_inline)) int offer_record_section(RING_SECTI
                                                                       const void *src,
                                                                       uintptr_t *head) {
   enum { id = RSEQ_SECTION_ID_ring_offer_record };
-  unsigned long h, a, b, i;
+  unsigned long h, a, i;
   rseq_section_enter_(id, index, cpu, &s->head);
   __asm__ __volatile__ goto(RING_ASM_START_("ring_offer_record")
                RSEQ_INJECT_ASM(1)
-               "leaq 1(%[h]), %[i]\n\t"
-               RING_ASM_CLEAR_AFTER_("%[i]")
+               /* No leftover to clear: record rings have no batch section. */
                "xorl %k[i], %k[i]\n\t"
                "81:\n\t"                                       /* whole words */
                "leaq 8(%[i]), %%rax\n\t"
@@ -342,11 +342,10 @@ static inline __attribute__((always_inline)) int offer_record_section(RING_SECTI
                "jmp 82b\n\t"
                "83:\n\t"
                RING_ASM_COMMIT_
-               : [h] "=&r"(h), [a] "=&r"(a), [b] "=&r"(b), [i] "=&r"(i)
+               : [h] "=&r"(h), [a] "=&r"(a), [i] "=&r"(i)
                : RING_ASM_INPUTS_, [src] "r"(src)
                : RING_ASM_CLOBBERS_);
   (void)a;
-  (void)b;
   (void)i;
   *head = h;
   return rseq_section_committed_(id, &s->head);
@@ -745,6 +744,30 @@ long ring_poll_record_batch(struct ring *r, void *records, size_t max) {
     return -1;
   }
   return poll_batch_into(r, records, max);
+}
+
+int ring_debug_plant_leftovers(struct ring *r, int shard, size_t n, uintptr_t value) {
+  if (r->mode.mode != RSEQ_MODE_RSEQ || r->record_size != 0 || shard < 0 ||
+      shard >= (int)r->nshards) {
+    errno = EINVAL;
+    return -1;
+  }
+  struct ring_shard *s = &r->shards[shard];
+  bool full;
+  uintptr_t h = find_head(r, s, &full);
+  // Acquire: pairs with the consumer's release of tail (tests only: no producer runs).
+  uintptr_t t = __atomic_load_n(&s->tail, __ATOMIC_ACQUIRE);
+  if (h - t + n + 1 > r->capacity) {
+    errno = EINVAL;
+    return -1;
+  }
+  for (size_t k = 1; k <= n; k++) {
+    unsigned char *slot = slot_at(r, s->slots, h + k);
+    memcpy(slot + PAYLOAD_OFF, &value, sizeof value);
+    // Release: as a section's try-stores, in order.
+    __atomic_store_n(SEQ(slot), h + k + 1, __ATOMIC_RELEASE);
+  }
+  return 0;
 }
 
 // ---------------------------------------------------------------------------------

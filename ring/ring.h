@@ -110,6 +110,14 @@ struct ring_stats {
                               // RSEQ mode, the shard looked full by a stale tail copy
 };
 
+// TESTS ONLY (abortscan's workload, ring_test): writes into the `n` slots after the
+// head of `shard` what an aborted batch section leaves there: the item `value` and a
+// seq that says committed, without the commit of the slot at the head. Sections that
+// commit next must clear it; no planted item may ever be polled. Call it only while no
+// producer offers into that shard. 0, or -1 with errno EINVAL: not an RSEQ pointer
+// ring, shard out of range, or n + the items the shard holds + 1 over its capacity.
+int ring_debug_plant_leftovers(struct ring *r, int shard, size_t n, uintptr_t value);
+
 // Per-shard counters (shard in [0, ring_shards)); -1 with errno EINVAL when out of range.
 int ring_cpu_stats(const struct ring *r, int shard, struct ring_cpu_stats *out);
 void ring_stats(const struct ring *r, struct ring_stats *out);

@@ -204,6 +204,39 @@ static void test_offer_batch(enum rseq_mode mode, enum rseq_index index, uintptr
   ring_destroy(r);
 }
 
+// What an aborted batch section leaves behind (slots after the head that look
+// committed) must never reach the consumer: every later section clears the slot after
+// its run. Planted the way such an abort leaves it, then each section goes over it,
+// across the wrap.
+static void test_leftovers(enum rseq_index index) {
+  test_context("leftovers of an aborted batch index=%s", rseq_index_name(index));
+  struct ring *r = make(RSEQ_MODE_RSEQ, index, 8, 0, UINTPTR_MAX - 5);
+  rseq_fake_cpu_set(0);
+  const uintptr_t planted = 0xdead0000;
+  uintptr_t next = 1, polled = 1;
+  for (int round = 0; round < 12; round++) {
+    CHECK_EQ(ring_debug_plant_leftovers(r, 0, 1 + (size_t)round % 5, planted), 0);
+    void *items[3] = {(void *)next, (void *)(next + 1), (void *)(next + 2)};
+    size_t n = (size_t)round % 3 + 1;  // a single offer, a batch of 2, a batch of 3
+    size_t done = n == 1 ? (ring_offer(r, items[0]) == RING_OK) : ring_offer_batch(r, items, n);
+    CHECK_EQ(done, n);
+    next += n;
+    void *item;
+    while (ring_poll(r, &item) == RING_OK) {
+      CHECK((uintptr_t)item != planted, "round %d: a planted leftover was polled", round);
+      CHECK_EQ((uintptr_t)item, polled);
+      polled++;
+    }
+    CHECK_EQ(polled, next);
+  }
+  CHECK(ring_debug_plant_leftovers(r, 0, 8, planted) == -1 && errno == EINVAL, "too many");
+  ring_destroy(r);
+  struct ring_options o = {RSEQ_MODE_CAS, index, 0, 0};
+  r = ring_create(8, &o);
+  CHECK(r && ring_debug_plant_leftovers(r, 0, 1, planted) == -1 && errno == EINVAL, "CAS mode");
+  ring_destroy(r);
+}
+
 // A model of the ring: one FIFO per shard and the round-robin cursor.
 #define MODEL_CAP 16
 struct model {
@@ -427,8 +460,11 @@ int main(int argc, char **argv) {
     test_records(modes[i].mode, modes[i].index);
     test_offer_batch(modes[i].mode, modes[i].index, 0);
     test_offer_batch(modes[i].mode, modes[i].index, UINTPTR_MAX - 13);  // wraps mid-test
-    if (modes[i].mode == RSEQ_MODE_RSEQ) test_migration_mid_offer(modes[i].index);
-    printf("ok: mode=%s index=%s: boundaries, wrap-around, records, batch offers, migration mid-offer\n",
+    if (modes[i].mode == RSEQ_MODE_RSEQ) {
+      test_migration_mid_offer(modes[i].index);
+      test_leftovers(modes[i].index);
+    }
+    printf("ok: mode=%s index=%s: boundaries, wrap-around, records, batch offers, migration mid-offer, aborted-batch leftovers\n",
            rseq_mode_name(modes[i].mode), rseq_index_name(modes[i].index));
   }
   uint64_t seed0 = test_seed(42);
