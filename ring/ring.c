@@ -124,7 +124,13 @@ struct ring *ring_create(size_t capacity, const struct ring_options *options) {
   r->mask = capacity - 1;
   r->record_size = o->record_size;
   r->payload_size = o->record_size ? o->record_size : sizeof(void *);
+  // A power of two up to a line, whole lines past it: no slot straddles two lines, so
+  // a producer and the consumer share one line per slot at most.
   r->stride = PAYLOAD_OFF + ((r->payload_size + 7) & ~(size_t)7);
+  if (r->stride <= CACHELINE)
+    while (r->stride & (r->stride - 1)) r->stride += r->stride & -r->stride;
+  else
+    r->stride = (r->stride + CACHELINE - 1) & ~(size_t)(CACHELINE - 1);
   r->nshards = (uint32_t)rseq_index_count(mode.index);
   r->initial = o->initial_position;
   r->shards = aligned_alloc(CACHELINE, sizeof *r->shards * r->nshards);
@@ -450,35 +456,36 @@ __attribute__((noreturn, cold)) static void slot_corrupt(const struct ring *r, i
 }
 
 // The first position of shard s whose slot is not committed (the head), scanning from
-// the hint, or from the consumer's tail when the hint is behind it. *full tells whether
-// that slot still holds the unread item of a lap before. Reads only; any thread.
+// the hint. *full tells whether that slot still holds the unread item of a lap before.
+// A hint that fell a lap or more behind (a slot that says so) restarts the scan at the
+// consumer's tail: the consumer's line is read only then, not when a producer that
+// finds the shard full asks again and again. Reads only; any thread.
 static uintptr_t find_head(const struct ring *r, struct ring_shard *s, bool *full) {
+  // Relaxed: a hint; the scan below decides.
+  uintptr_t p = __atomic_load_n(&s->head, __ATOMIC_RELAXED);
   for (;;) {
-    // Relaxed: a hint; the scan below decides.
-    uintptr_t p = __atomic_load_n(&s->head, __ATOMIC_RELAXED);
-    // Acquire: pairs with the consumer's release of tail: the slots before it are taken.
-    uintptr_t t = __atomic_load_n(&s->tail, __ATOMIC_ACQUIRE);
-    if ((intptr_t)(t - p) > 0) p = t;  // [tail, head) is committed: start at either
-    for (;;) {
-      // Acquire: pairs with the release of seq by a section's commit (a store in asm, a
-      // release on x86) and by the consumer.
-      uintptr_t seq = __atomic_load_n(SEQ(slot_at(r, s->slots, p)), __ATOMIC_ACQUIRE);
-      intptr_t d = (intptr_t)(seq - p);
-      if (d == 0) {  // free for p: the head
-        *full = false;
-        return p;
-      }
-      if (d == 1 || d == (intptr_t)r->capacity) {  // committed, or taken since we read tail
-        p++;
-        continue;
-      }
-      if (d == 1 - (intptr_t)r->capacity) {  // the item of p - capacity is still unread
-        *full = true;
-        return p;
-      }
-      if (d > 1) break;  // the slot is a lap or more ahead: we were slow; read again
-      slot_corrupt(r, (int)(s - r->shards), p, seq);
+    // Acquire: pairs with the release of seq by a section's commit (a store in asm, a
+    // release on x86) and by the consumer.
+    uintptr_t seq = __atomic_load_n(SEQ(slot_at(r, s->slots, p)), __ATOMIC_ACQUIRE);
+    intptr_t d = (intptr_t)(seq - p);
+    if (d == 0) {  // free for p: the head
+      *full = false;
+      return p;
     }
+    if (d == 1 || d == (intptr_t)r->capacity) {  // committed, or taken since
+      p++;
+      continue;
+    }
+    if (d == 1 - (intptr_t)r->capacity) {  // the item of p - capacity is still unread
+      *full = true;
+      return p;
+    }
+    if (d < 0) slot_corrupt(r, (int)(s - r->shards), p, seq);
+    // The slot is a lap or more ahead of p: start again at the consumer's tail, which
+    // is never ahead of the head ([tail, head) is committed). Acquire: pairs with the
+    // consumer's release of tail.
+    uintptr_t t = __atomic_load_n(&s->tail, __ATOMIC_ACQUIRE);
+    p = (intptr_t)(t - p) > 0 ? t : p + 1;
   }
 }
 
