@@ -59,7 +59,8 @@ struct ring {
   uintptr_t mask;
   size_t record_size;   // 0: pointer items
   size_t payload_size;  // bytes copied per item
-  size_t stride;        // bytes per slot (seq, then the payload), a multiple of 8
+  size_t stride;        // bytes per slot (seq, then the payload): a power of two
+  unsigned stride_shift;  // log2(stride)
   uint32_t nshards;
   uintptr_t initial;
   struct ring_shard *shards;
@@ -81,7 +82,7 @@ struct ring {
 #define SEQ(slot) ((uintptr_t *)(slot))
 #define PAYLOAD_OFF 8
 static inline unsigned char *slot_at(const struct ring *r, unsigned char *slots, uintptr_t pos) {
-  return slots + (pos & r->mask) * r->stride;
+  return slots + ((pos & r->mask) << r->stride_shift);
 }
 
 __attribute__((noreturn, cold)) static void index_out_of_range(const struct ring *r, int idx) {
@@ -124,13 +125,14 @@ struct ring *ring_create(size_t capacity, const struct ring_options *options) {
   r->mask = capacity - 1;
   r->record_size = o->record_size;
   r->payload_size = o->record_size ? o->record_size : sizeof(void *);
-  // A power of two up to a line, whole lines past it: no slot straddles two lines, so
-  // a producer and the consumer share one line per slot at most.
+  // A power of two (16 to 128 bytes): no slot straddles two lines, so a producer and
+  // the consumer share one line per slot at most.
   r->stride = PAYLOAD_OFF + ((r->payload_size + 7) & ~(size_t)7);
   if (r->stride <= CACHELINE)
     while (r->stride & (r->stride - 1)) r->stride += r->stride & -r->stride;
   else
-    r->stride = (r->stride + CACHELINE - 1) & ~(size_t)(CACHELINE - 1);
+    r->stride = 2 * CACHELINE;  // 8 + at most 64 bytes
+  r->stride_shift = (unsigned)__builtin_ctzl(r->stride);
   r->nshards = (uint32_t)rseq_index_count(mode.index);
   r->initial = o->initial_position;
   r->shards = aligned_alloc(CACHELINE, sizeof *r->shards * r->nshards);
