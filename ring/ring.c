@@ -515,71 +515,53 @@ static int wrong_kind(void) {
 // Relaxed: the hint after a commit (see the struct).
 #define STORE_HINT(s, h) __atomic_store_n(&(s)->head, (h), __ATOMIC_RELAXED)
 
+// The retry loop around one inlined section (a call site of its own in each offer
+// function): read the index, run `call` on that CPU's shard (area, idx, cpu, s and
+// head are in scope for it); after a commit store the hint and return `committed`;
+// after an abort go again; when the section found the hint stale or the shard full,
+// resync and go again, or return `full`.
+#define RING_OFFER_LOOP_(id, call, committed, full)                          \
+  for (;;) {                                                                \
+    struct rseq_abi *area;                                                  \
+    uint32_t *idx;                                                          \
+    int cpu = offer_index(r, &area, &idx);                                  \
+    if (__builtin_expect(cpu < 0, 0)) cpu = offer_no_index(r, &area, &idx); \
+    struct ring_shard *s = &r->shards[cpu];                                 \
+    uintptr_t head;                                                         \
+    int res = call;                                                         \
+    if (__builtin_expect(res == RSEQ_COMMIT, 1)) {                          \
+      STORE_HINT(s, head);                                                  \
+      return committed;                                                     \
+    }                                                                       \
+    if (res == RSEQ_ABORT)                                                  \
+      offer_aborted(s, id);                                                 \
+    else if (!offer_resync(r, s))                                           \
+      return full;                                                          \
+  }
+
 int ring_offer(struct ring *r, void *item) {
   if (__builtin_expect(r->record_size != 0, 0)) return wrong_kind();
   if (r->mode.mode == RSEQ_MODE_CAS) return cas_offer(r, (unsigned char *)&item, 1) ? RING_OK : RING_FULL;
-  for (;;) {
-    struct rseq_abi *area;
-    uint32_t *idx;
-    int cpu = offer_index(r, &area, &idx);
-    if (__builtin_expect(cpu < 0, 0)) cpu = offer_no_index(r, &area, &idx);
-    struct ring_shard *s = &r->shards[cpu];
-    uintptr_t head;
-    int res = offer_section(area, idx, r->mode.index, cpu, s, (intptr_t)item, &head);
-    if (__builtin_expect(res == RSEQ_COMMIT, 1)) {
-      STORE_HINT(s, head);
-      return RING_OK;
-    }
-    if (res == RSEQ_ABORT)
-      offer_aborted(s, RSEQ_SECTION_ID_ring_offer);
-    else if (!offer_resync(r, s))
-      return RING_FULL;
-  }
+  RING_OFFER_LOOP_(RSEQ_SECTION_ID_ring_offer,
+                   offer_section(area, idx, r->mode.index, cpu, s, (intptr_t)item, &head),
+                   RING_OK, RING_FULL)
 }
 
 int ring_offer_record(struct ring *r, const void *record) {
   if (__builtin_expect(r->record_size == 0, 0)) return wrong_kind();
   if (r->mode.mode == RSEQ_MODE_CAS) return cas_offer(r, record, 1) ? RING_OK : RING_FULL;
-  for (;;) {
-    struct rseq_abi *area;
-    uint32_t *idx;
-    int cpu = offer_index(r, &area, &idx);
-    if (__builtin_expect(cpu < 0, 0)) cpu = offer_no_index(r, &area, &idx);
-    struct ring_shard *s = &r->shards[cpu];
-    uintptr_t head;
-    int res = offer_record_section(area, idx, r->mode.index, cpu, s, record, &head);
-    if (__builtin_expect(res == RSEQ_COMMIT, 1)) {
-      STORE_HINT(s, head);
-      return RING_OK;
-    }
-    if (res == RSEQ_ABORT)
-      offer_aborted(s, RSEQ_SECTION_ID_ring_offer_record);
-    else if (!offer_resync(r, s))
-      return RING_FULL;
-  }
+  RING_OFFER_LOOP_(RSEQ_SECTION_ID_ring_offer_record,
+                   offer_record_section(area, idx, r->mode.index, cpu, s, record, &head),
+                   RING_OK, RING_FULL)
 }
 
 // RSEQ mode: up to n items (n >= 1) in one section; 0 when the shard is full.
 __attribute__((noinline)) static size_t offer_batch_rseq(struct ring *r, void *const *items,
                                                          size_t n) {
-  for (;;) {
-    struct rseq_abi *area;
-    uint32_t *idx;
-    int cpu = offer_index(r, &area, &idx);
-    if (__builtin_expect(cpu < 0, 0)) cpu = offer_no_index(r, &area, &idx);
-    struct ring_shard *s = &r->shards[cpu];
-    unsigned long k;
-    uintptr_t head;
-    int res = offer_batch_section(area, idx, r->mode.index, cpu, s, items, n, &k, &head);
-    if (__builtin_expect(res == RSEQ_COMMIT, 1)) {
-      STORE_HINT(s, head);
-      return k;
-    }
-    if (res == RSEQ_ABORT)
-      offer_aborted(s, RSEQ_SECTION_ID_ring_offer_batch);
-    else if (!offer_resync(r, s))
-      return 0;
-  }
+  unsigned long k;
+  RING_OFFER_LOOP_(RSEQ_SECTION_ID_ring_offer_batch,
+                   offer_batch_section(area, idx, r->mode.index, cpu, s, items, n, &k, &head),
+                   k, 0)
 }
 
 size_t ring_offer_batch(struct ring *r, void *const *items, size_t n) {

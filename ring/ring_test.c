@@ -439,6 +439,7 @@ static void test_migration_mid_offer(enum rseq_index index) {
 
 int main(int argc, char **argv) {
   test_init(argc, argv);
+  test_watchdog(60);  // runs in a second; a full check that never clears spins for ever
   test_bad_arguments();
   test_single_consumer();
   if (!rseq_available()) test_skip("fake CPUs need rseq: %s", rseq_unavailable_reason());

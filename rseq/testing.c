@@ -47,6 +47,40 @@ void test_fail(const char *file, int line, const char *cond, const char *fmt, ..
   exit(1);
 }
 
+static unsigned watchdog_seconds;
+
+static void write_str(const char *s) {
+  if (write(2, s, strlen(s)) < 0) {
+  }
+}
+
+static void watchdog_fired(int sig) {
+  (void)sig;
+  // write(2) and strlen only: this runs in a signal handler. context and command_line
+  // are written by the test's own thread between checks; a torn copy just prints oddly.
+  char num[24], *p = num + sizeof num - 1;
+  *p = 0;
+  unsigned v = watchdog_seconds;
+  do *--p = (char)('0' + v % 10); while ((v /= 10) != 0);
+  write_str("FAIL: no result after ");
+  write_str(p);
+  write_str(" s (test_watchdog): a loop that never ends?\n  context: ");
+  write_str(context[0] ? context : "(none)");
+  write_str("\n  command: ");
+  write_str(command_line);
+  write_str("\n");
+  _exit(1);
+}
+
+void test_watchdog(unsigned seconds) {
+  watchdog_seconds = seconds;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = watchdog_fired;
+  sigaction(SIGALRM, &sa, NULL);
+  alarm(seconds);
+}
+
 void test_skip(const char *fmt, ...) {
   char msg[1024];
   va_list ap;

@@ -54,6 +54,12 @@ int test_gettid(void);
 // CLOCK_MONOTONIC in seconds.
 double test_now_s(void);
 
+// A watchdog for a test that must finish in seconds (a retry loop that never ends is a
+// bug of its own): after `seconds` the process prints FAIL, the context of
+// test_context() and the command line, and exits 1, before Bazel's timeout. Uses
+// SIGALRM and alarm(): not for tests that use either themselves.
+void test_watchdog(unsigned seconds);
+
 // A forked child that may hang (a lock held across fork) calls
 // alarm(TEST_FORK_CHILD_ALARM_S) first; the parent then calls test_wait_fork_child,
 // which fails the test with `doing` in the message if the alarm ended the child, or
