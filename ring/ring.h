@@ -1,28 +1,30 @@
 // ring.h: a per-CPU multi-producer, single-consumer ring.
 //
 // Producers offer into the shard of the CPU (or mm_cid) they run on; one consumer
-// polls every shard, round-robin, so no shard starves. Two modes per instance:
+// polls every shard, round-robin, so no shard starves. Both modes use the same slots,
+// each a sequence number and a payload: seq == p + 1 says the slot holds the item of
+// position p, and the consumer takes slots in order while that holds, then gives each
+// back for the next lap (seq = p + capacity). The modes differ in how a producer takes
+// a slot:
 //
-//   RSEQ  a producer writes the item into the free slot at its CPU's head and commits
-//         head + 1 with one rseq critical section, inlined at its call site (ring.c):
-//         no locked instruction, and no write to a line the consumer reads per item.
-//         Producers on one CPU are serialized by the kernel. A batch offer commits up
-//         to N items with one section.
-//   CAS   the reference: each shard is a bounded MPSC queue where producers claim
-//         slots with a CAS on the head and publish each through a per-slot sequence
-//         number. Correct for any number of producers on any shard.
+//   RSEQ  one rseq critical section, inlined at its call site (ring.c), checks that the
+//         slot at its CPU's head hint is free, writes the item and commits with the
+//         slot's seq: no locked instruction, and a producer preempted mid-offer is
+//         aborted, never holding a slot the consumer waits for. A batch offer writes
+//         a run of slots and commits it with one section.
+//   CAS   the reference: a bounded MPSC queue per shard (Vyukov's): producers claim
+//         positions with a CAS on the head and publish each slot's seq. Correct for
+//         any number of producers on any shard.
 //
-// Memory layout (one shard per possible CPU, four cache lines):
+// Memory layout (one shard per possible CPU, three cache lines, then its slots):
 //
-//   shard[c]:  | head | producers: tail_seen, slots | consumer: tail, head_seen | counters |
-//   slot:      RSEQ: the payload (a pointer, or a record of record_size bytes, padded to 8)
-//              CAS:  | seq | payload |
+//   shard[c]:  | producers: head (a hint in RSEQ mode), slots | consumer: tail | counters |
+//   slot:      | seq | payload: a pointer, or a record of record_size bytes |
+//              (16 to 128 bytes, a power of two: no slot straddles two lines)
 //
-// Each side keeps a copy of the other side's position (tail_seen, head_seen) and reads
-// the other's line only when its copy runs out: producers when the shard looks full,
-// the consumer once per run of items. Positions (head, tail) are free-running uintptr_t
-// counters; a slot is pos & (cap-1). They wrap around at 2^64 (tests start them just
-// below the wrap point).
+// Producers and the consumer meet only in the slots. Positions (head, tail, seq) are
+// free-running uintptr_t counters; a slot is pos & (cap-1). They wrap around at 2^64
+// (tests start them just below the wrap point).
 //
 // Guarantees (tested in ring_test.c): every offered item is polled exactly once;
 // FIFO per producer while it stays on one CPU; an offer never overwrites an unread
