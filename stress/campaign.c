@@ -88,7 +88,10 @@ static void plan(void) {
     // Coverage first: every section, every cause, all forcers at once.
     add_run("prim", "rseq", x, ALL_BUT_CGROUP, 0, 100, true);
     add_run("alloc", "rseq", x, ALL_BUT_CGROUP, 0, 1000, true);
-    add_run("ring", "rseq", x, ALL_BUT_CGROUP, 0, 1000, true);
+    // The ring's offer sections are a few instructions each: with delay loops of 1000
+    // a migration landed inside one about once per run (2026-11-29: 0 to 2 per section
+    // and index); loops of 10000 give 10 to 20.
+    add_run("ring", "rseq", x, ALL_BUT_CGROUP, 0, 10000, true);
     // Each forcer alone, so its own effect shows.
     for (int f = 0; f < 6; f++) add_run("prim", "rseq", x, singles[f], 0, 100, false);
     add_run("alloc", "rseq", x, "cgroup,signal", 0, 100, false);
