@@ -463,7 +463,9 @@ __attribute__((noreturn, cold)) static void slot_corrupt(const struct ring *r, i
 // consumer's tail: the consumer's line is read only then, not when a producer that
 // finds the shard full asks again and again. Reads only; any thread.
 static uintptr_t find_head(const struct ring *r, struct ring_shard *s, bool *full) {
-  // Relaxed: a hint; the scan below decides.
+  // Relaxed: a hint; the scan below decides. (That a slot is never seen older than the
+  // hint that led here, so that no false FULL or corruption report can come of it,
+  // rests on x86-64's single order of stores, as the asm sections do anyway.)
   uintptr_t p = __atomic_load_n(&s->head, __ATOMIC_RELAXED);
   for (;;) {
     // Acquire: pairs with the release of seq by a section's commit (a store in asm, a
@@ -555,10 +557,16 @@ int ring_offer_record(struct ring *r, const void *record) {
                    RING_OK, RING_FULL)
 }
 
+// A batch section writes at most this many slots: any preemption, migration or signal
+// aborts a section and the retry starts over, so one that ran for longer than a
+// scheduler slice might never commit. ring_offer_batch goes on with the rest.
+#define RING_BATCH_MAX 64
+
 // RSEQ mode: up to n items (n >= 1) in one section; 0 when the shard is full.
 __attribute__((noinline)) static size_t offer_batch_rseq(struct ring *r, void *const *items,
                                                          size_t n) {
   unsigned long k;
+  if (n > RING_BATCH_MAX) n = RING_BATCH_MAX;
   RING_OFFER_LOOP_(RSEQ_SECTION_ID_ring_offer_batch,
                    offer_batch_section(area, idx, r->mode.index, cpu, s, items, n, &k, &head),
                    k, 0)
@@ -748,7 +756,7 @@ int ring_debug_plant_leftovers(struct ring *r, int shard, size_t n, uintptr_t va
   uintptr_t h = find_head(r, s, &full);
   // Acquire: pairs with the consumer's release of tail (tests only: no producer runs).
   uintptr_t t = __atomic_load_n(&s->tail, __ATOMIC_ACQUIRE);
-  if (h - t + n + 1 > r->capacity) {
+  if (n >= r->capacity - (h - t)) {  // h - t <= capacity; n + 1 slots from h on
     errno = EINVAL;
     return -1;
   }
@@ -779,9 +787,10 @@ int ring_cpu_stats(const struct ring *r, int shard, struct ring_cpu_stats *out) 
     return -1;
   }
   struct ring_shard *s = &r->shards[shard];
-  out->offered = offered_until(r, s) - r->initial;
-  // Relaxed: statistics.
+  // Relaxed: statistics. Tail first: an item polled in between then counts as offered
+  // but not yet polled, never the other way round.
   out->polled = __atomic_load_n(&s->tail, __ATOMIC_RELAXED) - r->initial;
+  out->offered = offered_until(r, s) - r->initial;
   out->full = atomic_load_explicit(&s->full, memory_order_relaxed);
   return 0;
 }

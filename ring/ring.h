@@ -78,8 +78,8 @@ size_t ring_capacity(const struct ring *r);
 // RING_OK or RING_FULL; -1 with errno EINVAL on a ring of the other payload kind.
 int ring_offer(struct ring *r, void *item);
 // Offers items in order until one is refused; returns how many were offered (0 with
-// errno EINVAL on a record ring). RSEQ mode commits each run that fits in the shard
-// with one section.
+// errno EINVAL on a record ring). RSEQ mode commits each run of up to 64 that fits in
+// the shard with one section.
 size_t ring_offer_batch(struct ring *r, void *const *items, size_t n);
 int ring_offer_record(struct ring *r, const void *record);
 
@@ -109,7 +109,7 @@ struct ring_stats {
   uint64_t offer_commits;     // offers committed, all shards
   uint64_t offer_aborts;      // offer sections the kernel aborted (RSEQ mode)
   uint64_t offer_retries;     // offers retried: CAS mode, the head moved under the CAS;
-                              // RSEQ mode, the shard looked full by a stale tail copy
+                              // RSEQ mode, the head hint was stale (moved by the slow path)
 };
 
 // TESTS ONLY (abortscan's workload, ring_test): writes into the `n` slots after the

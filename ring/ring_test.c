@@ -202,6 +202,17 @@ static void test_offer_batch(enum rseq_mode mode, enum rseq_index index, uintptr
   ring_stats(r, &rs);
   CHECK_EQ(rs.offer_aborts, 0);  // fake CPUs: the kernel never aborts
   ring_destroy(r);
+  // A batch longer than one section takes (64 slots in RSEQ mode): in order, all of it.
+  r = make(mode, index, 256, 0, initial);
+  static void *many[200];
+  for (size_t k = 0; k < 200; k++) many[k] = (void *)(uintptr_t)(k + 1);
+  CHECK_EQ(ring_offer_batch(r, many, 200), 200);
+  for (uintptr_t k = 1; k <= 200; k++) {
+    CHECK_EQ(ring_poll(r, &item), RING_OK);
+    CHECK_EQ((uintptr_t)item, k);
+  }
+  CHECK_EQ(ring_poll(r, &item), RING_EMPTY);
+  ring_destroy(r);
 }
 
 // What an aborted batch section leaves behind (slots after the head that look
