@@ -680,26 +680,17 @@ static int poll_into(struct ring *r, void *out, int *shard) {
 }
 
 int ring_poll(struct ring *r, void **item) {
-  if (r->record_size != 0) {
-    errno = EINVAL;
-    return -1;
-  }
+  if (r->record_size != 0) return wrong_kind();
   return poll_into(r, item, NULL);
 }
 
 int ring_poll_shard(struct ring *r, void **item, int *shard) {
-  if (r->record_size != 0) {
-    errno = EINVAL;
-    return -1;
-  }
+  if (r->record_size != 0) return wrong_kind();
   return poll_into(r, item, shard);
 }
 
 int ring_poll_record(struct ring *r, void *record) {
-  if (r->record_size == 0) {
-    errno = EINVAL;
-    return -1;
-  }
+  if (r->record_size == 0) return wrong_kind();
   return poll_into(r, record, NULL);
 }
 
@@ -730,18 +721,12 @@ static long poll_batch_into(struct ring *r, unsigned char *out, size_t max) {
 }
 
 long ring_poll_batch(struct ring *r, void **items, size_t max) {
-  if (r->record_size != 0) {
-    errno = EINVAL;
-    return -1;
-  }
+  if (r->record_size != 0) return wrong_kind();
   return poll_batch_into(r, (unsigned char *)items, max);
 }
 
 long ring_poll_record_batch(struct ring *r, void *records, size_t max) {
-  if (r->record_size == 0) {
-    errno = EINVAL;
-    return -1;
-  }
+  if (r->record_size == 0) return wrong_kind();
   return poll_batch_into(r, records, max);
 }
 

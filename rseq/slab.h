@@ -94,10 +94,6 @@ static inline struct rseq_slab_header *rseq_slab_header(char *region, unsigned l
 #define RSEQ_SLAB_REG_(r) __asm__(r)
 #endif
 
-// Compare-twice variants only: the exit to the report of a CPU that changed inside the
-// section (rseq_asm.h).
-#define RSEQ_SLAB_GOTO_ERROR_ RSEQ_ASM_GOTO_ERROR_CPU
-#define RSEQ_SLAB_ERROR_BLOCK_(name, cpu) RSEQ_ASM_ERROR_CPU_BLOCK(name, cpu)
 #define RSEQ_SLAB_ENTER_(id, index, cpu, region, cls) \
   rseq_section_enter_((id), (index), (cpu), rseq_slab_header((region), (cls)))
 
@@ -114,13 +110,13 @@ static inline struct rseq_slab_header *rseq_slab_header(char *region, unsigned l
   "movl %k[cur], 16(%[region], %[cls], 8)\n\t" /* the commit */   \
   "2:\n\t"                                                        \
   RSEQ_ASM_DEFINE_ABORT
-#define RSEQ_SLAB_CLOBBERS_ "memory", "cc", "rax" RSEQ_INJECT_CLOBBER : abort, cmpfail RSEQ_SLAB_GOTO_ERROR_
+#define RSEQ_SLAB_CLOBBERS_ "memory", "cc", "rax" RSEQ_INJECT_CLOBBER : abort, cmpfail RSEQ_ASM_GOTO_ERROR_CPU
 #define RSEQ_SLAB_EXITS_(name)                                                             \
   abort:                                                                                   \
   return RSEQ_ABORT; /* the caller counts it: RSEQ_SLAB_COUNT_ABORT, on its slow path */   \
   cmpfail:                                                                                 \
   return rseq_section_cmpfailed_(id, rseq_slab_header(region, cls));                       \
-  RSEQ_SLAB_ERROR_BLOCK_(name, cpu)
+  RSEQ_ASM_ERROR_CPU_BLOCK(name, cpu) /* compare-twice variants only */
 
 // --------------------------------------------------------------------------------
 // Pop one item.
