@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "rseq/rseq.h"
 #include "rseq/rseq_internal.h"
@@ -24,6 +25,16 @@ struct registry_entry {
 #define RSEQ_LINKER_SYMBOL __attribute__((weak, visibility("hidden")))
 extern const struct registry_entry __start_rseq_registry[] RSEQ_LINKER_SYMBOL;
 extern const struct registry_entry __stop_rseq_registry[] RSEQ_LINKER_SYMBOL;
+// The tables that tools read (debuggers, abortscan --object). Referenced here so that
+// the linker keeps them: nothing else in the program uses them, and an opt build links
+// with --gc-sections, which dropped both from libccache_malloc.so.
+extern const struct rseq_cs_desc *const __start___rseq_cs_ptr_array[] RSEQ_LINKER_SYMBOL;
+extern const struct rseq_cs_desc *const __stop___rseq_cs_ptr_array[] RSEQ_LINKER_SYMBOL;
+struct exit_point {
+  uint64_t start_ip, exit_ip;
+};
+extern const struct exit_point __start___rseq_exit_point_array[] RSEQ_LINKER_SYMBOL;
+extern const struct exit_point __stop___rseq_exit_point_array[] RSEQ_LINKER_SYMBOL;
 
 #define MAX_SECTIONS 64
 static struct rseq_section sorted[MAX_SECTIONS];
@@ -34,7 +45,35 @@ static int by_name(const void *a, const void *b) {
   return strcmp(((const struct rseq_section *)a)->name, ((const struct rseq_section *)b)->name);
 }
 
+// Every registered section must be in __rseq_cs_ptr_array, and every exit point must
+// leave a registered section: RSEQ_ASM_DEFINE_TABLE and RSEQ_ASM_DEFINE_EXIT_POINT emit
+// them together, so a miss means a table was dropped or mangled at link time.
+static void check_tables(void) {
+  const struct registry_entry *e = __start_rseq_registry;
+  for (; e && e < __stop_rseq_registry; e++) {
+    const struct rseq_cs_desc *const *p = __start___rseq_cs_ptr_array;
+    while (p && p < __stop___rseq_cs_ptr_array && *p != e->desc) p++;
+    if (!p || p == __stop___rseq_cs_ptr_array) {
+      static const char msg[] = "rseq: a registered section is missing from __rseq_cs_ptr_array\n";
+      if (write(2, msg, sizeof msg - 1) < 0) {}  // aborting anyway
+      abort();
+    }
+  }
+  const struct exit_point *x = __start___rseq_exit_point_array;
+  for (; x && x < __stop___rseq_exit_point_array; x++) {
+    bool found = false;
+    for (e = __start_rseq_registry; e && e < __stop_rseq_registry && !found; e++)
+      found = x->start_ip == e->desc->start_ip;
+    if (!found) {
+      static const char msg[] = "rseq: an exit point leaves no registered section\n";
+      if (write(2, msg, sizeof msg - 1) < 0) {}  // aborting anyway
+      abort();
+    }
+  }
+}
+
 static void build_sorted(void) {
+  check_tables();
   const struct registry_entry *e = __start_rseq_registry;
   for (; e && e < __stop_rseq_registry && sorted_count < MAX_SECTIONS; e++) {
     struct rseq_section *s = &sorted[sorted_count++];

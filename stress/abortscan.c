@@ -2,6 +2,7 @@
 // binary, one run per instruction, and verify the outcome.
 //
 //   abortscan --workload BIN [--index cpu|cid] [--json FILE] [--section NAME] [--expect-broken]
+//   abortscan --object PATH [options] -- CMD ARGS...   (any ELF: see abortscan_object.c)
 //
 // The sections come from the binary's registry (rseq_registry / __rseq_cs, printed by
 // the workload with --list, as offsets from its load base, so PIE works). Instruction
@@ -40,6 +41,8 @@
 #include <sys/user.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include "stress/abortscan.h"
 
 struct section {
   char name[64];
@@ -237,8 +240,7 @@ static int read_code(const char *file, uint64_t vaddr, uint8_t *buf, size_t n) {
   return rc;
 }
 
-// Intel syntax (capstone's default): the first operand is the destination.
-static bool writes_memory(const cs_insn *i) {
+bool abortscan_writes_memory(const cs_insn *i) {
   const char *comma = strchr(i->op_str, ',');
   const char *bracket = strchr(i->op_str, '[');
   if (!bracket || (comma && bracket > comma)) return false;
@@ -257,13 +259,15 @@ static const char *structure_problem(const cs_insn *insn, size_t count, const st
     uint64_t next = insn[k].address + insn[k].size;
     if (next < end) continue;
     if (next > end) return "post_commit_ip falls inside an instruction";
-    if (!writes_memory(&insn[k])) return "the last instruction before post_commit_ip is not a store";
+    if (!abortscan_writes_memory(&insn[k])) return "the last instruction before post_commit_ip is not a store";
     return NULL;
   }
   return "post_commit_ip is past the disassembled code";
 }
 
 int main(int argc, char **argv) {
+  for (int i = 1; i < argc && strcmp(argv[i], "--"); i++)
+    if (!strcmp(argv[i], "--object")) return abortscan_object_main(argc, argv);
   const char *json_path = NULL, *only = NULL;
   bool expect_broken = false;
   for (int i = 1; i < argc; i++) {

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# abortscan_object_test: abortscan --object on code we did not write (the sections of
+# stress/foreign/foreign_sections.S, in the selftest/librseq conventions):
+#   - the clean fixture, as a PIE (ET_DYN, tables filled in by relocations) and as a
+#     classic ET_EXEC: every instruction of every section reached, aborted, and the
+#     output identical; nothing fails;
+#   - the broken twin: exit 1, the add section's side effect before the commit and the
+#     push section's commit-not-last flagged, the correct pop section not;
+#   - bad input: tables with a section outside any executable segment and a handler
+#     without the signature are named by address; an ELF with no tables exits 2 with a
+#     message; a command that is not deterministic is refused (exit 2).
+set -uo pipefail
+scan=$1 fixture=$2 nopie=$3 broken=$4 bad_table=$5
+out=${TEST_UNDECLARED_OUTPUTS_DIR:-${TEST_TMPDIR:-/tmp}}
+fail=0
+check() {  # description, then a command that must succeed
+  local what=$1
+  shift
+  if "$@"; then echo "ok: $what"; else echo "FAIL: $what"; fail=1; fi
+}
+
+for bin in "$fixture" "$nopie"; do
+  name=$(basename "$bin")
+  "$scan" --object "$bin" --json "$out/$name.json" -- "$bin" > "$out/$name.txt" 2>&1
+  rc=$?
+  if grep -q '^SKIPPED' "$out/$name.txt"; then
+    echo "SKIPPED: $name: $(grep '^SKIPPED' "$out/$name.txt")"
+    continue
+  fi
+  check "$name: abortscan exits 0 (got $rc)" test "$rc" -eq 0
+  check "$name: 3 sections, all entered" grep -q '^abortscan: 3 sections (3 entered' "$out/$name.txt"
+  check "$name: no instruction failed, none unreached" \
+    grep -qE ' [0-9]+ forced aborts passed, 0 failed, 0 not reached, 0 not forced' "$out/$name.txt"
+  n=$(grep -cE '^\| foreign_[a-z_]+\+0x[0-9a-f]+ \| \+[0-9]+ .* \| ok \|$' "$out/$name.txt")
+  check "$name: every instruction point passed ($n of 23)" test "$n" -eq 23
+  check "$name: the post-commit points did not abort" \
+    test "$(grep -c '(post-commit)` | yes | no | yes | ok |' "$out/$name.txt")" -eq 3
+  [ $fail -eq 0 ] || cat "$out/$name.txt"
+done
+
+name=$(basename "$broken")
+"$scan" --object "$broken" -- "$broken" > "$out/$name.txt" 2>&1
+rc=$?
+check "broken twin: abortscan exits 1 (got $rc)" test "$rc" -eq 1
+check "broken twin: the side effect before the add's commit makes the output differ" \
+  grep -qE '^\| foreign_percpu_add\+0x[0-9a-f]+ \| \+[0-9]+ \| `mov qword ptr \[rsi \+ rax\*8\], r8 \(commit\)` .* FAIL: stdout differs' "$out/$name.txt"
+check "broken twin: the push's commit that is not last is flagged statically" \
+  grep -qE '^\| foreign_list_push\+0x[0-9a-f]+ \| - \| structure .*the commit is not last' "$out/$name.txt"
+check "broken twin: ... and by a forced abort after the commit" \
+  grep -qE '^\| foreign_list_push\+0x[0-9a-f]+ .*\(last, not a store\)` .* FAIL' "$out/$name.txt"
+check "broken twin: the correct pop section is not flagged" \
+  bash -c "! grep -E '^\| foreign_list_pop.*FAIL' '$out/$name.txt'"
+[ $fail -eq 0 ] || cat "$out/$name.txt"
+
+name=$(basename "$bad_table")
+"$scan" --object "$bad_table" -- "$bad_table" > "$out/$name.txt" 2>&1
+rc=$?
+check "bad tables: abortscan exits 1 (got $rc)" test "$rc" -eq 1
+check "bad tables: a section outside any executable segment is named by address" \
+  grep -qE 'FAIL: descriptor at 0x[0-9a-f]+: \[start_ip 0x[0-9a-f]+, \+16\) is outside any executable segment' "$out/$name.txt"
+check "bad tables: an abort handler without the signature is reported" \
+  grep -qE 'FAIL: abort handler at 0x[0-9a-f]+ lacks the signature 0x53053053 before abort_ip' "$out/$name.txt"
+check "bad tables: the three good sections still pass" \
+  grep -qE ' 23 forced aborts passed, 0 failed' "$out/$name.txt"
+
+"$scan" --object /bin/true -- /bin/true > "$out/true.txt" 2>&1
+rc=$?
+check "an ELF without rseq tables: exit 2 (got $rc)" test "$rc" -eq 2
+check "an ELF without rseq tables: says so" grep -q 'has no rseq critical sections' "$out/true.txt"
+
+"$scan" --object "$fixture" -- sh -c "'$fixture'; cat /proc/sys/kernel/random/uuid" > "$out/nondet.txt" 2>&1
+rc=$?
+check "a command that is not deterministic: exit 2 (got $rc)" test "$rc" -eq 2
+check "a command that is not deterministic: refused with the reason" \
+  grep -q 'refused: the command is not deterministic without perturbation' "$out/nondet.txt"
+
+[ $fail -eq 0 ] && echo PASS
+exit $fail
