@@ -14,12 +14,14 @@
  * %rdi, reads cpu_id before the section, arms rseq_cs, and inside the section
  * compares cpu_id again first. An abort returns -1 (the caller retries).
  *
- * Built with -DFOREIGN_BROKEN, two sections are deliberately wrong (the broken twin
+ * Built with -DFOREIGN_BROKEN, each section is deliberately wrong (the broken twin
  * that abortscan must flag):
  *   foreign_percpu_add  a side effect before the commit: it counts the add in a global
  *                       first, so an abort between counts it twice;
  *   foreign_list_push   the commit is not last: an instruction after it is still inside
- *                       the section, so an abort there pushes the node twice.
+ *                       the section, so an abort there pushes the node twice;
+ *   foreign_list_pop    its exit to the empty-list path is missing from
+ *                       __rseq_exit_point_array (its code is right).
  * Built with -DFOREIGN_BAD_TABLE, two more descriptors are wrong in the table itself:
  * one whose section lies in .data, one whose abort handler lacks the signature.
  */
@@ -138,10 +140,19 @@ foreign_list_pop:
 	.size foreign_list_pop, . - foreign_list_pop
 	DESCRIPTOR(.Lpop_cs, .Lpop_start, .Lpop_post, .Lpop_abort)
 	ABORT_HANDLER(.Lpop_abort, .Lpop_aborted)
+#ifndef FOREIGN_BROKEN
 	.pushsection __rseq_exit_point_array, "aw"
 	.balign 8
 	.quad .Lpop_start, .Lpop_empty
 	.popsection
+#else
+	/* BROKEN: the exit to .Lpop_empty is not listed. The table still exists (with an
+	 * entry that names no real exit), so the object claims the convention. */
+	.pushsection __rseq_exit_point_array, "aw"
+	.balign 8
+	.quad .Lpop_start, .Lpop_post
+	.popsection
+#endif
 
 #ifdef FOREIGN_BAD_TABLE
 /* A descriptor whose "section" lies in .data, and one whose abort handler has no
