@@ -38,6 +38,12 @@ for bin in "$fixture" "$nopie"; do
   [ $fail -eq 0 ] || cat "$out/$name.txt"
 done
 
+"$scan" --object "$fixture" --max-runs 5 --seed 3 -- "$fixture" > "$out/sampled.txt" 2>&1
+rc=$?
+check "--max-runs 5: exit 0 (got $rc)" test "$rc" -eq 0
+check "--max-runs 5: 5 forced, the other 18 reported as not forced, with the seed" \
+  grep -qE ' 5 forced aborts passed, 0 failed, 0 not reached, 18 not forced \(sample: --max-runs 5, seed 3\)' "$out/sampled.txt"
+
 name=$(basename "$broken")
 "$scan" --object "$broken" -- "$broken" > "$out/$name.txt" 2>&1
 rc=$?
