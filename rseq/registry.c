@@ -45,6 +45,12 @@ static int by_name(const void *a, const void *b) {
   return strcmp(((const struct rseq_section *)a)->name, ((const struct rseq_section *)b)->name);
 }
 
+static void die(const char *msg) {
+  ssize_t n = write(2, msg, strlen(msg));
+  (void)n;  // aborting anyway
+  abort();
+}
+
 // Every registered section must be in __rseq_cs_ptr_array, and every exit point must
 // leave a registered section: RSEQ_ASM_DEFINE_TABLE and RSEQ_ASM_DEFINE_EXIT_POINT emit
 // them together, so a miss means a table was dropped or mangled at link time.
@@ -54,9 +60,7 @@ static void check_tables(void) {
     const struct rseq_cs_desc *const *p = __start___rseq_cs_ptr_array;
     while (p && p < __stop___rseq_cs_ptr_array && *p != e->desc) p++;
     if (!p || p == __stop___rseq_cs_ptr_array) {
-      static const char msg[] = "rseq: a registered section is missing from __rseq_cs_ptr_array\n";
-      if (write(2, msg, sizeof msg - 1) < 0) {}  // aborting anyway
-      abort();
+      die("rseq: a registered section is missing from __rseq_cs_ptr_array\n");
     }
   }
   const struct exit_point *x = __start___rseq_exit_point_array;
@@ -65,9 +69,7 @@ static void check_tables(void) {
     for (e = __start_rseq_registry; e && e < __stop_rseq_registry && !found; e++)
       found = x->start_ip == e->desc->start_ip;
     if (!found) {
-      static const char msg[] = "rseq: an exit point leaves no registered section\n";
-      if (write(2, msg, sizeof msg - 1) < 0) {}  // aborting anyway
-      abort();
+      die("rseq: an exit point leaves no registered section\n");
     }
   }
 }
@@ -114,27 +116,35 @@ int rseq_registry_find_ip(uintptr_t ip, struct rseq_section *out) {
 // Counters. Relaxed atomics: they are statistics, read by reporters that accept any
 // recent value, and written from signal handlers too (lock-free, so async-signal-safe).
 
-static struct {
+// Not static, and under a name no other object uses: abortscan --object finds it in
+// the symbol table and reads the aborted counts of a traced process at its exit, so
+// the layout below is fixed (4 words per section id, aborted the third).
+struct rseq_counter_slot {
   _Atomic uint64_t entered, committed, aborted, cmpfail;
-} counters[RSEQ_SECTION_MAX];
+};
+_Static_assert(sizeof(struct rseq_counter_slot) == 32 &&
+                   __builtin_offsetof(struct rseq_counter_slot, aborted) == 16,
+               "stress/abortscan_object.c reads this layout");
+__attribute__((
+    visibility("hidden"))) struct rseq_counter_slot rseq_section_counter_table[RSEQ_SECTION_MAX];
 
 static _Atomic(rseq_abort_hook_fn) abort_hook;
 static _Atomic(rseq_enter_hook_fn) enter_hook;
 
 void rseq_count_entered(int id, enum rseq_index index, int cpu) {
-  atomic_fetch_add_explicit(&counters[id].entered, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&rseq_section_counter_table[id].entered, 1, memory_order_relaxed);
   // Acquire pairs with the release in rseq_set_enter_hook: the hook's data is ready.
   rseq_enter_hook_fn hook = atomic_load_explicit(&enter_hook, memory_order_acquire);
   if (hook) hook(id, index, cpu);
 }
 void rseq_count_committed(int id) {
-  atomic_fetch_add_explicit(&counters[id].committed, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&rseq_section_counter_table[id].committed, 1, memory_order_relaxed);
 }
 void rseq_count_cmpfail(int id) {
-  atomic_fetch_add_explicit(&counters[id].cmpfail, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&rseq_section_counter_table[id].cmpfail, 1, memory_order_relaxed);
 }
 void rseq_count_aborted(int id) {
-  atomic_fetch_add_explicit(&counters[id].aborted, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&rseq_section_counter_table[id].aborted, 1, memory_order_relaxed);
   // Acquire pairs with the release in rseq_set_abort_hook: the hook's data is ready.
   rseq_abort_hook_fn hook = atomic_load_explicit(&abort_hook, memory_order_acquire);
   if (hook) hook(id);
@@ -156,18 +166,22 @@ int rseq_set_enter_hook(rseq_enter_hook_fn hook) {
 void rseq_section_counters_get(int id, struct rseq_section_counters *out) {
   memset(out, 0, sizeof *out);
   if (id < 0 || id >= RSEQ_SECTION_MAX) return;
-  out->entered = atomic_load_explicit(&counters[id].entered, memory_order_relaxed);
-  out->committed = atomic_load_explicit(&counters[id].committed, memory_order_relaxed);
-  out->aborted = atomic_load_explicit(&counters[id].aborted, memory_order_relaxed);
-  out->cmpfail = atomic_load_explicit(&counters[id].cmpfail, memory_order_relaxed);
+  out->entered =
+      atomic_load_explicit(&rseq_section_counter_table[id].entered, memory_order_relaxed);
+  out->committed =
+      atomic_load_explicit(&rseq_section_counter_table[id].committed, memory_order_relaxed);
+  out->aborted =
+      atomic_load_explicit(&rseq_section_counter_table[id].aborted, memory_order_relaxed);
+  out->cmpfail =
+      atomic_load_explicit(&rseq_section_counter_table[id].cmpfail, memory_order_relaxed);
 }
 
 void rseq_section_counters_reset(void) {
   for (int i = 0; i < RSEQ_SECTION_MAX; i++) {
-    atomic_store_explicit(&counters[i].entered, 0, memory_order_relaxed);
-    atomic_store_explicit(&counters[i].committed, 0, memory_order_relaxed);
-    atomic_store_explicit(&counters[i].aborted, 0, memory_order_relaxed);
-    atomic_store_explicit(&counters[i].cmpfail, 0, memory_order_relaxed);
+    atomic_store_explicit(&rseq_section_counter_table[i].entered, 0, memory_order_relaxed);
+    atomic_store_explicit(&rseq_section_counter_table[i].committed, 0, memory_order_relaxed);
+    atomic_store_explicit(&rseq_section_counter_table[i].aborted, 0, memory_order_relaxed);
+    atomic_store_explicit(&rseq_section_counter_table[i].cmpfail, 0, memory_order_relaxed);
   }
 }
 
@@ -225,8 +239,7 @@ void rseq_registry_dump_json(FILE *out) {
         first = 0;
       }
     }
-    fprintf(out,
-            "], \"entered\": %lu, \"committed\": %lu, \"aborted\": %lu, \"cmpfail\": %lu}",
+    fprintf(out, "], \"entered\": %lu, \"committed\": %lu, \"aborted\": %lu, \"cmpfail\": %lu}",
             (unsigned long)c.entered, (unsigned long)c.committed, (unsigned long)c.aborted,
             (unsigned long)c.cmpfail);
   }
@@ -264,7 +277,9 @@ int rseq_inject_set_blocking(enum rseq_inject_block kind, uint32_t every) {
   return 0;
 }
 
-bool rseq_inject_enabled(void) { return true; }
+bool rseq_inject_enabled(void) {
+  return true;
+}
 
 void rseq_inject_block_maybe(void) {
   uint32_t every = atomic_load_explicit(&block_every, memory_order_relaxed);
@@ -300,5 +315,7 @@ int rseq_inject_set_blocking(enum rseq_inject_block kind, uint32_t every) {
   return -1;
 }
 
-bool rseq_inject_enabled(void) { return false; }
+bool rseq_inject_enabled(void) {
+  return false;
+}
 #endif

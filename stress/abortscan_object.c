@@ -74,6 +74,7 @@ struct run_spec {
   bool measure;             // one breakpoint: single-step after it and see where it went
   uint64_t landings[2];     // link-time addresses that mean "the abort handler ran"
   bool preload;
+  uint64_t counter;         // our registry's aborted counter of the section; 0: none
 };
 
 struct run_result {
@@ -81,6 +82,7 @@ struct run_result {
   bool hung;
   bool mapped;       // the object was found mapped in the command's process
   int landed;        // measure: 1 the abort handler ran, 0 it did not, -1 unknown
+  long our_aborted;  // spec->counter's value when the process exited; -1 unread
   char out[4096];    // files holding stdout and stderr
   char err[4096];
 };
@@ -202,6 +204,7 @@ static void run_traced(const struct run_spec *spec, struct run_result *r) {
   memset(r, 0, sizeof *r);
   r->status = -1;
   r->landed = -1;
+  r->our_aborted = -1;
   snprintf(r->out, sizeof r->out, "%s/out.%d", tmpdir, serial);
   snprintf(r->err, sizeof r->err, "%s/err.%d", tmpdir, serial++);
   for (int i = 0; i < spec->nbps; i++) spec->bps[i].hit = false;
@@ -231,7 +234,7 @@ static void run_traced(const struct run_spec *spec, struct run_result *r) {
   }
   ptrace(PTRACE_SETOPTIONS, pid, 0,
          PTRACE_O_TRACECLONE | PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK | PTRACE_O_TRACEEXEC |
-             PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL);
+             PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL | (spec->counter ? PTRACE_O_TRACEEXIT : 0));
   nown = 0;
   add_own(pid);
   uint64_t base = 0;  // 0: not planted yet
@@ -272,6 +275,14 @@ static void run_traced(const struct run_spec *spec, struct run_result *r) {
         }
       }
       if (!base && is_own(t)) base = try_plant(pid, spec, r);
+      continue;
+    }
+    if (sig == SIGTRAP && event == PTRACE_EVENT_EXIT) {
+      if (t == pid && base) {  // the process is exiting: its memory is still there
+        errno = 0;
+        long v = ptrace(PTRACE_PEEKDATA, t, (base == 1 ? 0 : base) + spec->counter, 0);
+        if (!errno) r->our_aborted = v;
+      }
       continue;
     }
     if (sig == SIGTRAP && event) {
@@ -524,6 +535,13 @@ int abortscan_object_main(int argc, char **argv) {
   }
   cs_close(&cs);
 
+  // Our registry's abort counters, where the object has them (and a symbol table).
+  uint64_t counters = elf.has_registry ? rseq_elf_symbol(&elf, "rseq_section_counter_table") : 0;
+  if (elf.has_registry)
+    printf("abortscan: %s\n", counters ? "our registry's abort counters are read at exit too"
+                                       : "our registry, but no rseq_section_counter_table symbol: "
+                                         "aborts are judged by the landing only");
+
   // 1. Undisturbed runs.
   struct run_spec none = {.preload = preload};
   struct run_result base1, base2, glibc;
@@ -614,6 +632,7 @@ int abortscan_object_main(int argc, char **argv) {
     struct rseq_elf_section *sec = &elf.sections[tg->section];
     const char *verdict;
     bool reached = false, did_abort = false, same = false;
+    char counted[48] = "";
     if (!entered[tg->section]) {
       verdict = "not reached (section never entered)";
       not_reached++;
@@ -625,12 +644,16 @@ int abortscan_object_main(int argc, char **argv) {
     } else {
       struct breakpoint bp = {.addr = tg->addr};
       struct run_spec one = {.bps = &bp, .nbps = 1, .measure = true, .preload = preload};
+      if (counters && sec->registry_id >= 0)  // rseq/registry.c: 32 bytes per id, aborted at 16
+        one.counter = counters + 32 * (uint64_t)sec->registry_id + 16;
       one.landings[0] = landing[tg->section][0];
       one.landings[1] = landing[tg->section][1];
       struct run_result r;
       run_traced(&one, &r);
       reached = bp.hit;
-      did_abort = r.landed == 1;
+      // Where our registry counts aborts, the count must agree with the landing.
+      did_abort = r.landed == 1 && (!one.counter || r.our_aborted >= 1);
+      if (one.counter) snprintf(counted, sizeof counted, " (counter %ld)", r.our_aborted);
       same = !r.hung && r.status == base1.status && same_file(r.out, base1.out);
       bool checked = reached && same && user_check(&r);
       if (!reached) {
@@ -657,8 +680,9 @@ int abortscan_object_main(int argc, char **argv) {
       unlink(r.out);
       unlink(r.err);
     }
-    printf("| %s | +%lu | `%s` | %s | %s | %s | %s |\n", sec->name, (unsigned long)(tg->addr - sec->start),
-           tg->text, reached ? "yes" : "no", !reached ? "-" : did_abort ? "yes" : "no",
+    printf("| %s | +%lu | `%s` | %s | %s%s | %s | %s |\n", sec->name,
+           (unsigned long)(tg->addr - sec->start), tg->text, reached ? "yes" : "no",
+           !reached ? "-" : did_abort ? "yes" : "no", counted,
            !reached ? "-" : same ? "yes" : "NO", verdict);
     if (js) {
       fprintf(js, "%s\n {\"section\": ", first ? "" : ",");

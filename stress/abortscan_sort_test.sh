@@ -3,8 +3,9 @@
 # with libccache_malloc.so preloaded, on a fixed input, with each index. Every
 # instruction of every allocator section that sort reaches is forced to abort once;
 # each run's output must be byte-identical to the undisturbed run, which must itself
-# equal sort's output on glibc's malloc. The malloc and free fast-path sections must
-# be among those reached.
+# equal sort's output on glibc's malloc, and the library's own abort counter must
+# have counted the abort. The malloc and free fast-path sections must be among those
+# reached.
 set -uo pipefail
 scan=$1
 lib=$2
@@ -24,9 +25,12 @@ for index in cpu cid; do
   [ $rc -eq 0 ] || { echo "FAIL: abortscan exited $rc"; ok=0; }
   grep -q 'identical with and without the object preloaded' "$log" ||
     { echo "FAIL: the preloaded output differs from glibc's"; ok=0; }
+  # The library has our registry: its own abort counter must confirm each abort.
+  grep -q "our registry's abort counters are read at exit too" "$log" ||
+    { echo "FAIL: abortscan did not find the registry's counters"; ok=0; }
   for section in ccache_malloc_pop ccache_free_push; do
-    grep -qE "^\| $section@[^ ]+ \| \+[0-9]+ .* \| ok \|$" "$log" ||
-      { echo "FAIL: no forced abort passed in $section (was it reached?)"; ok=0; }
+    grep -qE "^\| $section@[^ ]+ \| \+[0-9]+ .* \| yes \(counter [1-9][0-9]*\) \| yes \| ok \|$" "$log" ||
+      { echo "FAIL: no forced abort passed, counted, in $section (was it reached?)"; ok=0; }
   done
   grep -qE ' [1-9][0-9]* forced aborts passed, 0 failed' "$log" || { echo "FAIL: see the table"; ok=0; }
   [ $ok -eq 1 ] || { cat "$log"; fail=1; }

@@ -155,6 +155,22 @@ static void load_symbols(struct rseq_elf *e) {
   qsort(e->symbols, e->nsymbols, sizeof *e->symbols, symbol_cmp);
 }
 
+uint64_t rseq_elf_symbol(const struct rseq_elf *e, const char *name) {
+  const char *tables[] = {".symtab", ".dynsym"};
+  for (int t = 0; t < 2; t++) {
+    const Elf64_Shdr *tab = section_named(e, tables[t]);
+    if (!tab || tab->sh_link >= ehdr(e)->e_shnum) continue;
+    const Elf64_Shdr *strs = shdr(e, (int)tab->sh_link);
+    const Elf64_Sym *syms = at(e, tab->sh_offset, tab->sh_size);
+    for (size_t i = 0; syms && i < tab->sh_size / sizeof(Elf64_Sym); i++) {
+      const char *n = at(e, strs->sh_offset + syms[i].st_name, strlen(name) + 1);
+      if (n && syms[i].st_shndx != SHN_UNDEF && !strncmp(n, name, strlen(name) + 1))
+        return syms[i].st_value;
+    }
+  }
+  return 0;
+}
+
 void rseq_elf_describe(const struct rseq_elf *e, uint64_t vaddr, char *out, size_t size) {
   const struct rseq_elf_symbol *best = NULL;
   for (size_t i = 0; i < e->nsymbols && e->symbols[i].value <= vaddr; i++)
