@@ -221,6 +221,12 @@ static void run_traced(const struct run_spec *spec, struct run_result *r) {
     dup2(out, 1);
     dup2(err, 2);
     write_env(spec->preload);
+    // LeakSanitizer cannot run under ptrace: an ASan-built command would fail at exit,
+    // every run alike, and hide every difference.
+    const char *asan = getenv("ASAN_OPTIONS");
+    char opts[1024];
+    snprintf(opts, sizeof opts, "%s%sdetect_leaks=0", asan ? asan : "", asan && *asan ? ":" : "");
+    setenv("ASAN_OPTIONS", opts, 1);
     ptrace(PTRACE_TRACEME, 0, 0, 0);
     execvp(command[0], command);
     dprintf(2, "abortscan: cannot run %s: %m\n", command[0]);
@@ -385,6 +391,14 @@ static uint64_t rng_next(void) {  // splitmix64: the sample is reproducible from
   return z ^ (z >> 31);
 }
 
+// The scan's arrays: file-scope, so that every way out of scan() frees them.
+static uint64_t (*landing)[2];  // per section: where one step from abort_ip lands
+static struct target *targets;
+static struct breakpoint *all;
+static bool *entered;
+static int *order;
+static char *forced;
+
 static void json_str(FILE *f, const char *s) {
   fputc('"', f);
   for (; *s; s++) {
@@ -394,7 +408,7 @@ static void json_str(FILE *f, const char *s) {
   fputc('"', f);
 }
 
-int abortscan_object_main(int argc, char **argv) {
+static int scan(int argc, char **argv) {
   const char *object = NULL, *json_path = NULL, *only = NULL;
   bool preload = false;
   long max_runs = 0;
@@ -449,9 +463,8 @@ int abortscan_object_main(int argc, char **argv) {
   }
   // The targets: every instruction of every scannable section, and its post_commit_ip.
   int bad = 0;
-  struct target *targets = NULL;
   int ntargets = 0, cap = 0;
-  uint64_t (*landing)[2] = calloc((size_t)elf.nsections, sizeof *landing);
+  landing = calloc((size_t)elf.nsections, sizeof *landing);
   for (int s = 0; s < elf.nsections; s++) {
     struct rseq_elf_section *sec = &elf.sections[s];
     if (only && !strstr(sec->name, only)) continue;
@@ -557,6 +570,11 @@ int abortscan_object_main(int argc, char **argv) {
            base1.status != base2.status ? "exit status" : "stdout");
     return 2;
   }
+  struct stat out_st;
+  printf("abortscan: undisturbed, the command %s %d with %lld bytes of stdout\n",
+         WIFEXITED(base1.status) ? "exits" : "is killed by signal",
+         WIFEXITED(base1.status) ? WEXITSTATUS(base1.status) : WTERMSIG(base1.status),
+         stat(base1.out, &out_st) == 0 ? (long long)out_st.st_size : -1LL);
   if (!base1.mapped) {
     printf("abortscan: refused: the command's process never mapped %s%s\n", object_real,
            elf.type == ET_DYN && !preload ? " (give --preload to put it in LD_PRELOAD)" : "");
@@ -577,17 +595,17 @@ int abortscan_object_main(int argc, char **argv) {
   }
 
   // 2. The reach run.
-  struct breakpoint *all = calloc((size_t)ntargets + 1, sizeof *all);
+  all = calloc((size_t)ntargets + 1, sizeof *all);
   for (int t = 0; t < ntargets; t++) all[t].addr = targets[t].addr;
   struct run_spec reach = {.bps = all, .nbps = ntargets, .preload = preload};
   struct run_result rr;
   run_traced(&reach, &rr);
-  bool *entered = calloc((size_t)elf.nsections + 1, sizeof *entered);
+  entered = calloc((size_t)elf.nsections + 1, sizeof *entered);
   for (int t = 0; t < ntargets; t++)
     if (all[t].hit && !targets[t].post_commit) entered[targets[t].section] = true;
 
   // 3. The forced runs: the instructions of entered sections (sampled with --max-runs).
-  int *order = calloc((size_t)ntargets + 1, sizeof *order);
+  order = calloc((size_t)ntargets + 1, sizeof *order);
   int ncand = 0;
   for (int t = 0; t < ntargets; t++)
     if (entered[targets[t].section] && !elf.sections[targets[t].section].problem[0]) order[ncand++] = t;
@@ -599,7 +617,7 @@ int abortscan_object_main(int argc, char **argv) {
     order[k] = order[j];
     order[j] = x;
   }
-  char *forced = calloc((size_t)ntargets + 1, 1);
+  forced = calloc((size_t)ntargets + 1, 1);
   for (int k = 0; k < nforce; k++) forced[order[k]] = 1;
 
   FILE *js = json_path ? fopen(json_path, "w") : NULL;
@@ -719,4 +737,17 @@ int abortscan_object_main(int argc, char **argv) {
   unlink(rr.out), unlink(rr.err);
   rmdir(tmpdir);
   return failed || bad ? 1 : 0;
+}
+
+int abortscan_object_main(int argc, char **argv) {
+  int rc = scan(argc, argv);
+  free(landing);
+  free(targets);
+  free(all);
+  free(entered);
+  free(order);
+  free(forced);
+  rseq_elf_close(&elf);
+  if (tmpdir[0]) rmdir(tmpdir);
+  return rc;
 }

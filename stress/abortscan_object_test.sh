@@ -28,6 +28,8 @@ for bin in "$fixture" "$nopie"; do
     continue
   fi
   check "$name: abortscan exits 0 (got $rc)" test "$rc" -eq 0
+  check "$name: the undisturbed fixture exits 0 and prints its two lines" \
+    grep -qE '^abortscan: undisturbed, the command exits 0 with [1-9][0-9]* bytes of stdout' "$out/$name.txt"
   check "$name: 3 sections, all entered" grep -q '^abortscan: 3 sections (3 entered' "$out/$name.txt"
   check "$name: no instruction failed, none unreached" \
     grep -qE ' [0-9]+ forced aborts passed, 0 failed, 0 not reached, 0 not forced' "$out/$name.txt"
