@@ -1,4 +1,4 @@
-// broken_sections.c: TEST ONLY (//rseq:broken_sections, testonly). Three critical
+// broken_sections.c: TEST ONLY (//rseq:broken_sections, testonly). Four critical
 // sections that break the discipline on purpose, one bug each, for abortscan's
 // self-test: abortscan must flag every one of them. Each appends an entry to a per-CPU
 // log {count, entries[]} plus a per-CPU "appended" counter that must equal count.
@@ -92,6 +92,37 @@ int rseq_broken_side_effect(struct broken_log *log, intptr_t n, intptr_t value, 
                : "memory", "cc", "rax"
                : abort, cmpfail);
   rseq_count_committed(id);
+  return RSEQ_COMMIT;
+abort:
+  rseq_count_aborted(id);
+  return RSEQ_ABORT;
+cmpfail:
+  return RSEQ_CMPFAIL;
+}
+
+// Bug 4: the code is right, but its exit to cmpfail is not in __rseq_exit_point_array
+// (no RSEQ_ASM_DEFINE_EXIT_POINT): a debugger or tool that steps over sections with
+// the table does not know the branch leaves. Only the static check can see it.
+int rseq_broken_unlisted_exit(struct broken_log *log, intptr_t n, intptr_t value, int cpu) {
+  enum { id = 15 };
+  struct rseq_abi *area = rseq_thread_area();
+  uint32_t *idx = index_field(area);
+  intptr_t *v = &log->count, *v2 = &log->entries[n], *v3 = &log->appended;
+  __asm__ goto(RSEQ_ASM_DEFINE_TABLE("rseq_broken_unlisted_exit")
+               RSEQ_ASM_START
+               "cmpq (%[v]), %[expect]\n\t"
+               "jnz %l[cmpfail]\n\t"         // an exit, not listed
+               "movq %[value], (%[v2])\n\t"
+               "movq %[newv], (%[v])\n\t"    // commit
+               "2:\n\t"
+               RSEQ_ASM_DEFINE_ABORT
+               : /* no outputs */
+               : [id] "i"(id), [cpu] "r"(cpu), [idx] "r"(idx), [area] "r"(area), [v] "r"(v),
+                 [expect] "r"(n), [newv] "r"(n + 1), [v2] "r"(v2), [value] "r"(value)
+               : "memory", "cc", "rax"
+               : abort, cmpfail);
+  rseq_count_committed(id);
+  (*v3)++;  // after the commit, outside the section: appended stays equal to count
   return RSEQ_COMMIT;
 abort:
   rseq_count_aborted(id);

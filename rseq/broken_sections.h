@@ -15,5 +15,6 @@ struct broken_log {
 int rseq_broken_commit_early(struct broken_log *log, intptr_t n, intptr_t value, int cpu);
 int rseq_broken_two_commits(struct broken_log *log, intptr_t n, intptr_t value, int cpu);
 int rseq_broken_side_effect(struct broken_log *log, intptr_t n, intptr_t value, int cpu);
+int rseq_broken_unlisted_exit(struct broken_log *log, intptr_t n, intptr_t value, int cpu);
 
 #endif  // CCACHE_RSEQ_BROKEN_SECTIONS_H_

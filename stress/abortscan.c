@@ -20,7 +20,8 @@
 //     abort, same commits, invariants hold.
 // Before the forced aborts, each section's shape is checked statically: the first
 // instruction compares the CPU and jumps to abort_ip on mismatch; the last one ends
-// exactly at post_commit_ip and stores to memory.
+// exactly at post_commit_ip and stores to memory; every branch that leaves the section
+// for anywhere but abort_ip is listed in the binary's __rseq_exit_point_array.
 // Report: a table (section, offset, instruction) -> aborted?, retry committed?,
 // invariants ok?, and the same as JSON. Exit 1 on any failure (or, with
 // --expect-broken, 0 only when every section has at least one failing instruction:
@@ -43,6 +44,7 @@
 #include <unistd.h>
 
 #include "stress/abortscan.h"
+#include "stress/rseq_elf.h"
 
 struct section {
   char name[64];
@@ -313,6 +315,14 @@ int main(int argc, char **argv) {
     printf("abortscan: capstone failed to open\n");
     return 1;
   }
+  // The workload's exit-point table, read from its file (stress/rseq_elf.c).
+  struct rseq_elf elf;
+  char elf_err[300];
+  bool have_elf = rseq_elf_open(workload, &elf, elf_err, sizeof elf_err) == 0;
+  if (!have_elf) {
+    printf("abortscan: cannot read the tables of %s: %s\n", workload, elf_err);
+    return 1;
+  }
   FILE *js = json_path ? fopen(json_path, "w") : NULL;
   if (js) fprintf(js, "{\"workload\": \"%s\", \"index\": \"%s\", \"results\": [", workload, index_name);
   printf("| section | offset | instruction | aborted? | retry committed once? | invariants ok? | verdict |\n");
@@ -355,6 +365,12 @@ int main(int argc, char **argv) {
     // jumps to abort_ip on mismatch; the last instruction inside ends exactly at
     // post_commit_ip and stores to memory (the commit).
     const char *shape = structure_problem(insn, count, sec);
+    // And every branch out of the section, but to abort_ip, is a listed exit point.
+    char exit_why[200];
+    if (!shape && have_elf &&
+        abortscan_unlisted_exit(&elf, insn, count, sec->start, sec->start + sec->len,
+                                sec->abort_off, exit_why, sizeof exit_why))
+      shape = exit_why;
     if (shape) {
       printf("| %s | - | structure | - | - | - | FAIL: %s |\n", sec->name, shape);
       if (js)
@@ -407,6 +423,7 @@ int main(int argc, char **argv) {
     fclose(js);
   }
   cs_close(&cs);
+  rseq_elf_close(&elf);
   printf("\nabortscan: %d forced aborts over %d sections (index %s): %d failed\n", total, nsections,
          index_name, bad);
   if (expect_broken) {

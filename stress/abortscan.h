@@ -5,10 +5,20 @@
 
 #include <capstone/capstone.h>
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 // Whether the instruction stores to memory (Intel syntax, capstone's default: the
 // first operand is the destination).
 bool abortscan_writes_memory(const cs_insn *insn);
+
+struct rseq_elf;
+// Every branch in [start, end) that leaves the section for anywhere but abort_ip must
+// be listed in the object's __rseq_exit_point_array (debuggers and tools step over
+// sections with it). True, with why filled in, for the first one that is not.
+bool abortscan_unlisted_exit(const struct rseq_elf *e, const cs_insn *insn, size_t count,
+                             uint64_t start, uint64_t end, uint64_t abort_ip, char *why,
+                             size_t why_size);
 
 // abortscan --object PATH ... -- CMD ARGS...: argv as main's.
 int abortscan_object_main(int argc, char **argv);

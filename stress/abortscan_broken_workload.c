@@ -54,6 +54,7 @@ int main(int argc, char **argv) {
   int bad = run("rseq_broken_commit_early", rseq_broken_commit_early);
   bad |= run("rseq_broken_two_commits", rseq_broken_two_commits);
   bad |= run("rseq_broken_side_effect", rseq_broken_side_effect);
+  bad |= run("rseq_broken_unlisted_exit", rseq_broken_unlisted_exit);
   printf("REGISTRY ");
   rseq_registry_dump_json(stdout);
   if (bad) return 1;

@@ -376,6 +376,31 @@ struct target {
   char text[112];
 };
 
+bool abortscan_unlisted_exit(const struct rseq_elf *e, const cs_insn *insn, size_t count,
+                             uint64_t start, uint64_t end, uint64_t abort_ip, char *why,
+                             size_t why_size) {
+  why[0] = 0;
+  for (size_t k = 0; k < count && insn[k].address < end; k++) {
+    if (insn[k].mnemonic[0] != 'j' && strcmp(insn[k].mnemonic, "call")) continue;
+    char *tail;
+    uint64_t target = strtoull(insn[k].op_str, &tail, 16);
+    if (*tail || tail == insn[k].op_str) continue;  // an indirect branch: not decidable
+    if ((target >= start && target < end) || target == abort_ip) continue;
+    bool listed = false;
+    for (int x = 0; x < e->nexits && !listed; x++)
+      listed = e->exits[x].start == start && e->exits[x].exit == target;
+    if (!listed) {
+      snprintf(why, why_size,
+               "`%s %s` at +%lu leaves the section for %#lx, which __rseq_exit_point_array "
+               "does not list",
+               insn[k].mnemonic, insn[k].op_str, (unsigned long)(insn[k].address - start),
+               (unsigned long)target);
+      return true;
+    }
+  }
+  return false;
+}
+
 static void usage(void) {
   fprintf(stderr,
           "usage: abortscan --object PATH [--index cpu|cid] [--json F] [--preload] [--stdin F]\n"
@@ -497,25 +522,10 @@ static int scan(int argc, char **argv) {
         shape = "the last instruction before post_commit_ip is not a store (the commit is not last)";
     }
     if (!landing[s][0]) shape = "cannot disassemble the abort handler";
-    // Every branch that leaves the section for anywhere but abort_ip must be listed in
-    // __rseq_exit_point_array (debuggers and tools step over sections with it). Only a
-    // failure where the object has the table: the kernel itself does not need one.
-    char exit_problem[200] = "";
-    for (size_t k = 0; k < count && insn[k].address < end && !exit_problem[0]; k++) {
-      if (insn[k].mnemonic[0] != 'j' && strcmp(insn[k].mnemonic, "call")) continue;
-      char *tail;
-      uint64_t target = strtoull(insn[k].op_str, &tail, 16);
-      if (*tail || tail == insn[k].op_str) continue;  // an indirect branch: not decidable
-      if ((target >= sec->start && target < end) || target == sec->abort_ip) continue;
-      bool listed = false;
-      for (int x = 0; x < elf.nexits && !listed; x++)
-        listed = elf.exits[x].start == sec->start && elf.exits[x].exit == target;
-      if (!listed)
-        snprintf(exit_problem, sizeof exit_problem,
-                 "`%s %s` at +%lu leaves the section for %#lx, which __rseq_exit_point_array "
-                 "does not list", insn[k].mnemonic, insn[k].op_str,
-                 (unsigned long)(insn[k].address - sec->start), (unsigned long)target);
-    }
+    // Only a failure where the object has the exit table: the kernel does not need one.
+    char exit_problem[200];
+    abortscan_unlisted_exit(&elf, insn, count, sec->start, end, sec->abort_ip, exit_problem,
+                            sizeof exit_problem);
     if (exit_problem[0] && elf.has_exit_table) {
       printf("| %s | - | exit points | - | - | - | FAIL: %s |\n", sec->name, exit_problem);
       bad++;
