@@ -49,9 +49,18 @@ struct ops_result {
   char message[512];     // what failed
 };
 
-// Run a stream on a fresh instance of `mode` x `index`, created and destroyed inside.
+// Run a stream on a fresh instance of `mode` x `index`, created and destroyed inside
+// (allocator streams: see ops_reuse_heaps).
 void ops_run(enum ops_family f, enum rseq_mode mode, enum rseq_index index, const struct op *ops,
              size_t n, struct ops_trace *trace, struct ops_result *result);
+
+// Allocator streams: 0 (the default) gives each stream a fresh heap; N > 0 lets a heap
+// per mode and index serve up to N streams in a row, each ending with everything
+// freed (the fuzzers: fast, but a failure may need the earlier streams to reproduce).
+// Any call destroys the kept heaps.
+void ops_reuse_heaps(unsigned max_streams);
+// How many streams the kept heap of mode x index has served (1: fresh for this one).
+unsigned ops_heap_uses(enum rseq_mode mode, enum rseq_index index);
 
 // Runs the stream in RSEQ mode and in CAS mode with `index`: 1 (and why) when either
 // model fails or the observable traces differ, else 0. The differential check and the

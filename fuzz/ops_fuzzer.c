@@ -8,20 +8,35 @@
 #error "define FUZZ_FAMILY"
 #endif
 
+static struct op ops[FUZZ_MAX_OPS];
+static size_t n;
+static enum rseq_mode mode;
+static enum rseq_index index;
+
+static int run_once(struct ops_result *r) {
+  struct ops_trace trace = {0};
+  ops_run(FUZZ_FAMILY, mode, index, ops, n, &trace, r);
+  ops_trace_free(&trace);
+  return r->failed;
+}
+
+static int fails_alone(void) {
+  struct ops_result r;
+  return run_once(&r);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < 1) return 0;
-  static struct op ops[FUZZ_MAX_OPS];
-  size_t n = ops_decode(data + 1, size - 1, ops, FUZZ_MAX_OPS);
-  enum rseq_mode mode = (data[0] & 2) ? RSEQ_MODE_CAS : RSEQ_MODE_RSEQ;
-  enum rseq_index index = fuzz_pick_index(data[0]);
-  struct ops_trace trace = {0};
+  n = ops_decode(data + 1, size - 1, ops, FUZZ_MAX_OPS);
+  mode = (data[0] & 2) ? RSEQ_MODE_CAS : RSEQ_MODE_RSEQ;
+  index = fuzz_pick_index(data[0]);
+  unsigned earlier = FUZZ_FAMILY == FAMILY_ALLOC ? ops_heap_uses(mode, index) : 0;
   struct ops_result r;
-  ops_run(FUZZ_FAMILY, mode, index, ops, n, &trace, &r);
-  ops_trace_free(&trace);
-  if (r.failed) {
-    char what[700];
-    snprintf(what, sizeof what, "%s mode, %s index: op %zu: %s", rseq_mode_name(mode),
-             rseq_index_name(index), r.failed_op, r.message);
+  if (run_once(&r)) {
+    char what[1000], history[200];
+    fuzz_describe_history(earlier, fails_alone, history, sizeof history);
+    snprintf(what, sizeof what, "%s mode, %s index: op %zu: %s (%s)", rseq_mode_name(mode),
+             rseq_index_name(index), r.failed_op, r.message, history);
     fuzz_report(ops_family_name(FUZZ_FAMILY), FUZZ_FAMILY, ops, n, what);
   }
   return 0;
