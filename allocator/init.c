@@ -43,6 +43,8 @@ static void after_fork(void) {
   pthread_mutex_unlock(&heaps_lock);
 }
 
+pthread_mutex_t *ccache_debug_heaps_lock(void) { return &heaps_lock; }
+
 static void install_atfork(void) { pthread_atfork(before_fork, after_fork, after_fork); }
 
 // The key of the free cookies: random, with bit 63 set so that no cookie is 0 (the

@@ -370,4 +370,8 @@ void *ccache_malloc_big(struct ccache_heap *heap, size_t size) __attribute__((vi
 // The malloc replacement: frees of [start, start + bytes) are ignored, not reported.
 void ccache_ignore_frees(struct ccache_heap *heap, const void *start, size_t bytes);
 
+// TEST ONLY: the lock of the process's list of heaps (init.c), so that
+// fork_locks_test can hold it across a fork like every other lock.
+pthread_mutex_t *ccache_debug_heaps_lock(void);
+
 #endif  // CCACHE_ALLOCATOR_INTERNAL_H_
