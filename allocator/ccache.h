@@ -61,11 +61,17 @@ void ccache_free(struct ccache_heap *heap, void *ptr);
 void ccache_free_sized(struct ccache_heap *heap, void *ptr, size_t size);
 void *ccache_calloc(struct ccache_heap *heap, size_t n, size_t size);
 void *ccache_realloc(struct ccache_heap *heap, void *ptr, size_t size);
-// alignment: a power of two (and, for aligned_alloc, size need not be a multiple).
+// As glibc's memalign and aligned_alloc: alignment up to 16 is malloc's, above
+// SIZE_MAX / 2 + 1 EINVAL, any other rounded up to a power of two; size need not be a
+// multiple of it.
 void *ccache_aligned_alloc(struct ccache_heap *heap, size_t alignment, size_t size);
 // 0 or EINVAL (alignment not a power of two multiple of sizeof(void *)) or ENOMEM.
 int ccache_posix_memalign(struct ccache_heap *heap, void **out, size_t alignment, size_t size);
 void *ccache_memalign(struct ccache_heap *heap, size_t alignment, size_t size);
+// reallocarray(3), valloc(3) and pvalloc(3) as glibc has them (pages of 4 KiB).
+void *ccache_reallocarray(struct ccache_heap *heap, void *ptr, size_t n, size_t size);
+void *ccache_valloc(struct ccache_heap *heap, size_t size);
+void *ccache_pvalloc(struct ccache_heap *heap, size_t size);
 size_t ccache_malloc_usable_size(struct ccache_heap *heap, const void *ptr);
 // True when ptr is a live block of this heap (no report, no abort).
 bool ccache_owns(struct ccache_heap *heap, const void *ptr);

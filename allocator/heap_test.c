@@ -99,10 +99,16 @@ static void test_aligned(struct ccache_heap *h) {
       ccache_free(h, q);
     }
   }
+  // As glibc's memalign: 24 rounds up to 32, 0 is malloc's alignment, above
+  // SIZE_MAX / 2 + 1 is EINVAL (allocator/conformance_test holds every boundary).
+  void *r = ccache_aligned_alloc(h, 24, 100);
+  CHECK(r && ((uintptr_t)r & 31) == 0, "aligned_alloc(24, 100) = %p", r);
+  ccache_free(h, r);
+  r = ccache_aligned_alloc(h, 0, 100);
+  CHECK(r && ((uintptr_t)r & 15) == 0, "aligned_alloc(0, 100) = %p", r);
+  ccache_free(h, r);
   errno = 0;
-  CHECK(ccache_aligned_alloc(h, 24, 100) == NULL && errno == EINVAL);
-  errno = 0;
-  CHECK(ccache_aligned_alloc(h, 0, 100) == NULL && errno == EINVAL);
+  CHECK(ccache_aligned_alloc(h, SIZE_MAX / 2 + 2, 100) == NULL && errno == EINVAL);
   void *q = (void *)1;
   CHECK_EQ(ccache_posix_memalign(h, &q, 24, 8), EINVAL);
   CHECK(q == (void *)1, "posix_memalign changed *out on error");

@@ -217,6 +217,8 @@ void *realloc(void *ptr, size_t size) {
 }
 
 void *reallocarray(void *ptr, size_t n, size_t size) {
+  struct ccache_heap *h = heap();
+  if (h && !(ptr && in_bootstrap(ptr))) return ccache_reallocarray(h, ptr, n, size);
   size_t total;
   if (__builtin_mul_overflow(n, size, &total)) {
     errno = ENOMEM;
@@ -241,16 +243,20 @@ int posix_memalign(void **out, size_t alignment, size_t size) {
   return 0;
 }
 
-void *valloc(size_t size) { return aligned_alloc((size_t)sysconf(_SC_PAGESIZE), size); }
+// Page-aligned requests from inside the heap's creation cannot be served from the
+// (16-byte aligned) bootstrap memory: ENOMEM.
+void *valloc(size_t size) {
+  struct ccache_heap *h = heap();
+  if (h) return ccache_valloc(h, size);
+  errno = ENOMEM;
+  return NULL;
+}
 
 void *pvalloc(size_t size) {
-  size_t page = (size_t)sysconf(_SC_PAGESIZE);
-  size_t rounded = (size + page - 1) & ~(page - 1);
-  if (rounded < size) {
-    errno = ENOMEM;
-    return NULL;
-  }
-  return aligned_alloc(page, rounded ? rounded : page);
+  struct ccache_heap *h = heap();
+  if (h) return ccache_pvalloc(h, size);
+  errno = ENOMEM;
+  return NULL;
 }
 
 size_t malloc_usable_size(void *ptr) {
