@@ -12,6 +12,7 @@ lib_srcs=(
   rseq/rseq.c rseq/primitives.c rseq/registry.c rseq/fence.c sanitizers/sanitizers.c
   allocator/size_class.c allocator/central.c allocator/cpu_cache.c allocator/heap.c
   allocator/init.c allocator/large.c allocator/os.c allocator/page_heap.c ring/ring.c fuzz/ops.c
+  allocator/conformance.c
 )
 objs=()
 for src in "${lib_srcs[@]}"; do
@@ -37,3 +38,4 @@ build rseq_primitives_fuzzer ops_fuzzer.c -DFUZZ_FAMILY=FAMILY_PRIM
 build allocator_diff_fuzzer diff_fuzzer.c -DFUZZ_FAMILY=FAMILY_ALLOC
 build ring_diff_fuzzer diff_fuzzer.c -DFUZZ_FAMILY=FAMILY_RING
 build size_class_fuzzer size_class_fuzzer.c
+build conformance_fuzzer conformance_fuzzer.c

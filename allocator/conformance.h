@@ -1,4 +1,4 @@
-// conformance.h: TEST ONLY. One allocation call run on glibc's malloc and on a ccache
+// conformance.h: for tests and fuzzers only. One allocation call run on glibc's malloc and on a ccache
 // heap with the same arguments, and compared. glibc is the oracle: the two must agree
 // on success or failure and, on failure, on errno (on the returned error code for
 // posix_memalign, whose errno glibc sets on failure and POSIX says to leave alone). Every block either returns must be usable for the full request (its
