@@ -221,7 +221,14 @@ CHECK_LOOP static int check_new_block(struct block *live, int n, const unsigned 
   return 0;
 }
 
-static void emit_stats(struct ccache_heap *h, struct ops_trace *t) {
+// The heap's statistics: hashed into the trace (both modes must agree on them, and on
+// the refill and drain counts), and checked exactly against the model:
+//   - every class's in_use, and the large-block count, equal the live blocks' (by the
+//     class their usable size is);
+//   - on fake CPUs no section can abort (the thread is not registered: nothing ever
+//     rewrites its IP), so every abort counter, the heap's and the registry's, is 0.
+static void emit_stats(struct ccache_heap *h, struct ops_trace *t, const struct block *live,
+                       int nlive, struct ops_result *r, size_t op) {
   static struct ccache_stats st;
   ccache_get_stats(h, &st);
   uint64_t hash = 1469598103934665603ULL;
@@ -233,6 +240,47 @@ static void emit_stats(struct ccache_heap *h, struct ops_trace *t) {
   emit(t, hash);
   emit(t, st.in_use_bytes);
   emit(t, st.large_count);
+  emit(t, st.refills);
+  emit(t, st.drains);
+  if (r->failed) return;
+  static uint64_t model[CCACHE_NUM_CLASSES];
+  memset(model, 0, sizeof model);
+  uint64_t large = 0;
+  for (int k = 0; k < nlive; k++) {
+    size_t usable = ccache_malloc_usable_size(h, live[k].p);
+    unsigned lo = 0, hi = CCACHE_NUM_CLASSES - 1;  // the class of that size: a search
+    while (lo < hi) {
+      unsigned mid = (lo + hi) / 2;
+      if (ccache_class_size(mid) < usable) lo = mid + 1;
+      else hi = mid;
+    }
+    if (usable > ccache_class_size(CCACHE_NUM_CLASSES - 1))
+      large++;
+    else
+      model[lo]++;
+  }
+  for (unsigned c = 0; c < CCACHE_NUM_CLASSES; c++)
+    if (st.classes[c].in_use != model[c]) {
+      fail(r, op, "stats: class %u (%zu B) has %lu blocks in use, the model %lu", c,
+           st.classes[c].size, (unsigned long)st.classes[c].in_use, (unsigned long)model[c]);
+      return;
+    }
+  if (st.large_count != large) {
+    fail(r, op, "stats: %lu large blocks, the model %lu", (unsigned long)st.large_count,
+         (unsigned long)large);
+    return;
+  }
+  if (rseq_thread_owner() != RSEQ_OWNER_FAKE) return;
+  uint64_t registry_aborts = 0;
+  for (int id = 0; id < RSEQ_SECTION_MAX_IDS; id++) {
+    struct rseq_section_counters sc;
+    rseq_section_counters_get(id, &sc);
+    registry_aborts += sc.aborted;
+  }
+  if (st.pop_aborts || st.push_aborts || registry_aborts)
+    fail(r, op, "stats: on fake CPUs no section can abort, but the heap counts %lu pop and %lu "
+                "push aborts, the registry %lu", (unsigned long)st.pop_aborts,
+         (unsigned long)st.push_aborts, (unsigned long)registry_aborts);
 }
 
 // Heaps for the fuzzers: by default each stream gets a fresh heap. With
@@ -400,7 +448,7 @@ static void run_alloc(enum rseq_mode mode, enum rseq_index index, const struct o
     }
     emit(t, obs);
     if (verbose) fprintf(stderr, "op %zu %s a=%u b=%u -> %#lx (live %d)\n", i, alloc_kinds[kind], op->a, op->b, (unsigned long)obs, nlive);
-    if (i % 64 == 63) emit_stats(h, t);
+    if (i % 64 == 63) emit_stats(h, t, live, nlive, r, i);
   }
   // The whole-heap walk costs in proportion to the heap, not to the stream: on a reused
   // heap it runs on every 16th stream (and the first). A broken invariant stays broken
@@ -408,7 +456,7 @@ static void run_alloc(enum rseq_mode mode, enum rseq_index index, const struct o
   unsigned uses = ops_heap_uses(mode, index);
   bool walk = !reuse_max || uses <= 1 || uses % 16 == 0;
   if (!r->failed) {
-    emit_stats(h, t);
+    emit_stats(h, t, live, nlive, r, n);
     if (walk && ccache_check_heap(h) != 0) fail(r, n, "heap invariants broken (see stderr)");
   }
   // After a model failure the shadow set may be stale: leave the blocks to the heap's
