@@ -16,7 +16,8 @@
 // Either bug puts a block in two places, which ccache_check_heap (or a double-free
 // report) catches. A runs SCHED_FIFO when it may, so that ordinary preemption rarely
 // aborts its sections first. Needs two CPUs and RSEQ mode; skips with the reason
-// otherwise.
+// otherwise. With --index cid the cache is A's mm_cid (which A publishes as it runs:
+// a cid is not a CPU and may change), and a drain fences every CPU.
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
@@ -38,6 +39,8 @@ static int cpu_a, cpu_b;
 static _Atomic int running, stop;  // relaxed flags: A started / main is done
 static bool realtime;              // A runs SCHED_FIFO (written by A before `running`)
 static long cycles;                // A's malloc+free pairs (read after the join)
+static enum rseq_index index_kind = RSEQ_INDEX_CPU_ID;
+static _Atomic int a_cache;  // the cache A uses now (relaxed: a hint for the drainer)
 
 static void *thread_a(void *arg) {
   (void)arg;
@@ -47,6 +50,7 @@ static void *thread_a(void *arg) {
   // Release: `realtime` is written before main reads it (after the acquire below).
   atomic_store_explicit(&running, 1, memory_order_release);
   while (!atomic_load_explicit(&stop, memory_order_relaxed)) {
+    atomic_store_explicit(&a_cache, rseq_current_index(index_kind), memory_order_relaxed);
     void *p = ccache_malloc(heap, 64);
     CHECK(p != NULL, "malloc(64), cycle %ld", cycles);
     ccache_free(heap, p);
@@ -58,20 +62,25 @@ static void *thread_a(void *arg) {
 int main(int argc, char **argv) {
   test_init(argc, argv);
   int point = 1;
-  for (int i = 1; i + 1 < argc; i += 2)
+  for (int i = 1; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--point")) point = atoi(argv[i + 1]);
+    if (!strcmp(argv[i], "--index")) index_kind = (enum rseq_index)rseq_index_parse(argv[i + 1]);
+  }
+  if (index_kind == RSEQ_INDEX_MM_CID && !rseq_mm_cid_available())
+    test_skip("the mm_cid index is not available on this kernel");
   int cpus[1024];
   int n = test_allowed_cpus(cpus, 1024);
   if (n < 2) test_skip("needs two allowed CPUs, has %d", n);
   if (!rseq_inject_enabled()) test_skip("needs the inject variant of rseq");
   cpu_a = cpus[0];
   cpu_b = cpus[1];
-  struct ccache_options o = {.mode = RSEQ_MODE_RSEQ, .index = RSEQ_INDEX_CPU_ID};
+  struct ccache_options o = {.mode = RSEQ_MODE_RSEQ, .index = index_kind};
   heap = ccache_heap_create(&o);
   if (!heap) test_skip("no RSEQ-mode heap: %s", rseq_unavailable_reason());
   uint64_t seed = test_seed(1), rng = seed;
-  test_context("point=%d cpu_a=%d cpu_b=%d fence=%s seed=%lu", point, cpu_a, cpu_b,
-               rseq_fence_method(), (unsigned long)seed);
+  test_context("point=%d index=%s cpu_a=%d cpu_b=%d fence=%s seed=%lu", point,
+               rseq_index_name(index_kind), cpu_a, cpu_b, rseq_fence_method(),
+               (unsigned long)seed);
   CHECK(test_pin(cpu_b) == 0, "pin to cpu %d", cpu_b);
   CHECK(rseq_inject_set_loops(point, DELAY_LOOPS) == 0, "--point %d", point);  // main runs no
                                                                              // section until reset
@@ -81,7 +90,11 @@ int main(int argc, char **argv) {
   for (int round = 0; round < ROUNDS; round++) {
     long us = 200 + (long)(test_rand(&rng) % 2000);
     nanosleep(&(struct timespec){0, us * 1000}, NULL);
-    CHECK(ccache_drain_cpu(heap, cpu_a) == 0, "drain %d: errno %d", round, errno);
+    int target = index_kind == RSEQ_INDEX_CPU_ID
+                     ? cpu_a
+                     : atomic_load_explicit(&a_cache, memory_order_relaxed);
+    CHECK(ccache_drain_cpu(heap, target) == 0, "drain %d of cache %d: errno %d", round, target,
+          errno);
   }
   atomic_store_explicit(&stop, 1, memory_order_relaxed);
   pthread_join(t, NULL);
@@ -93,9 +106,10 @@ int main(int argc, char **argv) {
   struct ccache_stats st;
   ccache_get_stats(heap, &st);
   CHECK_EQ(st.in_use_bytes, 0);  // every block was freed
-  printf("ok: %d drains of cpu %d during %ld malloc/free pairs on it; A %s; %lu pop and %lu "
+  printf("ok: %d drains of %s %d during %ld malloc/free pairs on it; A %s; %lu pop and %lu "
          "push aborts\nPASS\n",
-         ROUNDS, cpu_a, cycles,
+         ROUNDS, index_kind == RSEQ_INDEX_CPU_ID ? "cpu" : "A's cid, last",
+         index_kind == RSEQ_INDEX_CPU_ID ? cpu_a : atomic_load(&a_cache), cycles,
          realtime ? "ran SCHED_FIFO" : "could not run SCHED_FIFO (not root?), so preemption may "
                                         "abort its sections before a drain does",
          (unsigned long)st.pop_aborts, (unsigned long)st.push_aborts);
