@@ -5,6 +5,8 @@
 // Delay injection inside the section (between the load and the commit) makes a missed
 // fence show. Runs with membarrier and with the forced migration fallback.
 //   --seconds X  (default 1 per method)
+//   --index cpu|cid  the workers' index (default cpu): with mm_cid the counter slots are
+//                    cids, which are not CPUs, and the fences must still cover them
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -16,7 +18,9 @@
 #include "rseq/rseq.h"
 #include "rseq/testing.h"
 
-static int ncpu;
+static int ncpu;    // CPUs: what rseq_fence_cpu takes
+static int nslots;  // counter slots: CPUs or cids
+static enum rseq_index idx = RSEQ_INDEX_CPU_ID;
 static intptr_t *arrays[2];
 static intptr_t active;         // points at arrays[0] or arrays[1]; swapped by the manager
 static _Atomic int stop_flag;   // relaxed: a stop request, polled
@@ -25,16 +29,16 @@ static double seconds = 1.0;
 static void *worker(void *arg) {
   (void)arg;
   while (!atomic_load_explicit(&stop_flag, memory_order_relaxed)) {
-    int cpu = rseq_current_index(RSEQ_INDEX_CPU_ID);
-    CHECK(cpu >= 0 && cpu < ncpu);
-    rseq_offset_deref_addv(RSEQ_INDEX_CPU_ID, &active, cpu * (long)sizeof(intptr_t), 1, cpu);
+    int slot = rseq_current_index(idx);
+    CHECK(slot >= 0 && slot < nslots);
+    rseq_offset_deref_addv(idx, &active, slot * (long)sizeof(intptr_t), 1, slot);
   }
   return NULL;
 }
 
 static intptr_t sum(const intptr_t *a) {
   intptr_t s = 0;
-  for (int c = 0; c < ncpu; c++) s += __atomic_load_n(&a[c], __ATOMIC_RELAXED);
+  for (int c = 0; c < nslots; c++) s += __atomic_load_n(&a[c], __ATOMIC_RELAXED);
   return s;
 }
 
@@ -75,16 +79,22 @@ static long run(const char *label, int how /* 0 none, 1 all, 2 per cpu */, long 
 
 int main(int argc, char **argv) {
   test_init(argc, argv);
-  for (int i = 1; i + 1 < argc; i++)
+  for (int i = 1; i + 1 < argc; i++) {
     if (!strcmp(argv[i], "--seconds")) seconds = atof(argv[i + 1]);
+    if (!strcmp(argv[i], "--index")) idx = (enum rseq_index)rseq_index_parse(argv[i + 1]);
+  }
   if (!rseq_available()) test_skip("rseq unavailable: %s", rseq_unavailable_reason());
+  if (idx == RSEQ_INDEX_MM_CID && !rseq_mm_cid_available())
+    test_skip("the mm_cid index is not available on this kernel");
+  printf("index: %s\n", rseq_index_name(idx));
   CHECK(rseq_inject_enabled(), "link //rseq:rseq_inject");
   ncpu = rseq_index_count(RSEQ_INDEX_CPU_ID);
+  nslots = rseq_index_count(idx);
   errno = 0;
   CHECK(rseq_fence_cpu(-1) == -1 && errno == EINVAL);
   CHECK(rseq_fence_cpu(ncpu) == -1 && errno == EINVAL);
-  arrays[0] = calloc((size_t)ncpu, sizeof(intptr_t));
-  arrays[1] = calloc((size_t)ncpu, sizeof(intptr_t));
+  arrays[0] = calloc((size_t)nslots, sizeof(intptr_t));
+  arrays[1] = calloc((size_t)nslots, sizeof(intptr_t));
   active = (intptr_t)arrays[0];
   // A long delay between loading the pointer and adding through it.
   rseq_inject_set_loops(1, 20000);
@@ -95,7 +105,7 @@ int main(int argc, char **argv) {
   // not asserted: it depends on timing, but shows the check can see a missed fence.
   long control = run("no fence (control)", 0, &rounds);
 
-  test_context("method=%s fence_all", rseq_fence_method());
+  test_context("method=%s fence_all index=%s", rseq_fence_method(), rseq_index_name(idx));
   long v = run("membarrier: rseq_fence_all", 1, &rounds);
   CHECK(v == 0, "%ld of %ld rounds changed after rseq_fence_all", v, rounds);
   CHECK(rounds > 10);
