@@ -7,19 +7,27 @@
 //              [--force LIST] [--signal-us N] [--storm-us N] [--storm-burst N]
 //              [--migrate-us N] [--fence-us N] [--cgroup-us N] [--antagonists LIST]
 //              [--require CAUSES] [--skip-without-cgroup] [--json FILE] [--tsv FILE]
+//              [--stall-seconds N]
 //
 // Exit 0 when every invariant held and, in RSEQ mode, every section the workload uses
 // aborted at least once (and at least once for each cause in --require). Exit 1 on a
 // broken invariant (the message says which, with seed and flags to reproduce), 2 on
 // bad flags.
+//
+// A progress watchdog: a worker that finishes no operation for --stall-seconds (default
+// 20) fails the job at once, naming the worker, its thread, the CPU it is on, its
+// affinity and the sections that keep aborting (a retry loop that can never commit),
+// instead of hanging until Bazel's timeout.
 #include "stress/job.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -52,7 +60,9 @@ static struct {
   unsigned require;  // bitmask of causes every used section must show
   bool skip_without_cgroup;
   const char *json, *tsv;
+  double stall_seconds;
 } opt = {
+    .stall_seconds = 20,
     .work = &work_prim,
     .mode = RSEQ_MODE_RSEQ,
     .index = RSEQ_INDEX_CPU_ID,
@@ -143,13 +153,95 @@ static _Atomic int round_stop;  // relaxed: a flag the workers poll between oper
 static void *worker_main(void *arg) {
   struct worker *w = arg;
   tl_worker = w;
+  // Relaxed, all three: the watchdog reads them as hints, and reads progress again
+  // before it acts.
+  atomic_store_explicit(&w->tid, (int)syscall(SYS_gettid), memory_order_relaxed);
   forcers_thread_begin();
   while (!atomic_load_explicit(&round_stop, memory_order_relaxed)) {
     opt.work->op(w);
     w->ops++;
+    atomic_store_explicit(&w->progress, w->ops, memory_order_relaxed);
   }
   forcers_thread_end();
+  atomic_store_explicit(&w->done, 1, memory_order_relaxed);
   return NULL;
+}
+
+// --- the progress watchdog (see the top of the file)
+
+static long *seen_progress;
+static double *seen_at;
+
+// At each round's start: the time between rounds (the single-threaded checks) is not
+// a stall.
+static void watchdog_reset(int n) {
+  if (!seen_progress) {
+    seen_progress = calloc((size_t)n, sizeof *seen_progress);
+    seen_at = calloc((size_t)n, sizeof *seen_at);
+  }
+  for (int i = 0; i < n; i++) seen_at[i] = test_now_s(), seen_progress[i] = -1;
+}
+
+static void stalled(struct worker *w, double for_s) {
+  int tid = atomic_load_explicit(&w->tid, memory_order_relaxed);
+  char path[64], line[1024], cpus[256] = "?";
+  int cpu = -1;
+  snprintf(path, sizeof path, "/proc/self/task/%d/stat", tid);
+  FILE *f = fopen(path, "r");
+  if (f && fgets(line, sizeof line, f)) {  // field 39 is the CPU it last ran on
+    const char *p = strrchr(line, ')');
+    for (int field = 2; p && field < 39; field++) p = strchr(p + 1, ' ');
+    if (p) cpu = atoi(p + 1);
+  }
+  if (f) fclose(f);
+  cpu_set_t set;
+  if (sched_getaffinity(tid, sizeof set, &set) == 0) {
+    size_t len = 0;
+    cpus[0] = 0;
+    for (int c = 0; c < CPU_SETSIZE && len + 8 < sizeof cpus; c++)
+      if (CPU_ISSET(c, &set)) len += (size_t)snprintf(cpus + len, sizeof cpus - len, "%s%d", len ? "," : "", c);
+  }
+  // Which sections spin: their abort counts over one more second.
+  uint64_t before[RSEQ_SECTION_MAX_IDS], after;
+  for (int id = 0; id < RSEQ_SECTION_MAX_IDS; id++) {
+    struct rseq_section_counters c;
+    rseq_section_counters_get(id, &c);
+    before[id] = c.aborted;
+  }
+  sleep(1);
+  char spinning[512] = "";
+  size_t len = 0;
+  for (int i = 0; i < rseq_registry_count(); i++) {
+    struct rseq_section s;
+    rseq_registry_get(i, &s);
+    struct rseq_section_counters c;
+    rseq_section_counters_get(s.id, &c);
+    after = c.aborted;
+    if (after > before[s.id] && len + 64 < sizeof spinning)
+      len += (size_t)snprintf(spinning + len, sizeof spinning - len, " %s (%lu aborts)", s.name,
+                              (unsigned long)(after - before[s.id]));
+  }
+  printf("FAIL: no progress: worker %d (thread %d) has finished no operation for %.0f s; it "
+         "is on cpu %d, affinity {%s}; sections aborting in the last second:%s\n"
+         "  (workload %s, mode %s, index %s, seed %lu: a retry loop that can never commit?)\n",
+         w->id, tid, for_s, cpu, cpus, len ? spinning : " none", opt.work->name,
+         rseq_mode_name(opt.mode), rseq_index_name(opt.index), (unsigned long)job_seed);
+  fflush(stdout);
+  _exit(1);  // the stuck thread cannot be joined
+}
+
+// Fails the job if a worker still running has not progressed for --stall-seconds.
+static void watchdog_check(struct worker *w, int n) {
+  double now = test_now_s();
+  for (int i = 0; i < n; i++) {
+    long p = atomic_load_explicit(&w[i].progress, memory_order_relaxed);
+    if (p != seen_progress[i] || atomic_load_explicit(&w[i].done, memory_order_relaxed)) {
+      seen_progress[i] = p;
+      seen_at[i] = now;
+    } else if (now - seen_at[i] > opt.stall_seconds) {
+      stalled(&w[i], now - seen_at[i]);
+    }
+  }
 }
 
 static int section_used(const char *name) {
@@ -342,14 +434,28 @@ static int run_job(const char *cgroup_cpus_file, void *unused) {
   for (;;) {
     rounds++;
     atomic_store_explicit(&round_stop, 0, memory_order_relaxed);
-    for (int i = 0; i < opt.threads; i++)
+    watchdog_reset(opt.threads);
+    for (int i = 0; i < opt.threads; i++) {
+      atomic_store_explicit(&w[i].done, 0, memory_order_relaxed);
       CHECK(pthread_create(&w[i].thread, NULL, worker_main, &w[i]) == 0);
+    }
     double end = test_now_s() + (double)opt.round_ms / 1000;
     while (test_now_s() < end) {
       sig_ring_drain();
+      watchdog_check(w, opt.threads);
       nanosleep(&(struct timespec){0, 1000 * 1000}, NULL);
     }
     atomic_store_explicit(&round_stop, 1, memory_order_relaxed);
+    // Join only what has finished: a worker stuck in a retry loop never will.
+    for (;;) {
+      int running = 0;
+      for (int i = 0; i < opt.threads; i++)
+        running += !atomic_load_explicit(&w[i].done, memory_order_relaxed);
+      if (!running) break;
+      sig_ring_drain();
+      watchdog_check(w, opt.threads);
+      nanosleep(&(struct timespec){0, 1000 * 1000}, NULL);
+    }
     for (int i = 0; i < opt.threads; i++) pthread_join(w[i].thread, NULL);
     opt.work->round_end(w, opt.threads);
     elapsed = test_now_s() - t0;
@@ -466,6 +572,8 @@ static void parse(int argc, char **argv) {
       opt.min_seconds = atof(v);
     } else if (!strcmp(a, "--until-covered")) {
       opt.until_covered = true;
+    } else if (FLAG("--stall-seconds")) {
+      opt.stall_seconds = atof(v);
     } else if (FLAG("--round-ms")) {
       opt.round_ms = atol(v);
     } else if (FLAG("--seed")) {

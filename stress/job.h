@@ -10,6 +10,7 @@
 #define CCACHE_STRESS_JOB_H_
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -21,6 +22,10 @@ struct worker {
   int id;
   uint64_t rng;
   long ops;
+  // The progress watchdog's view (stress/job.c): relaxed, read by the main thread while
+  // the worker runs.
+  _Atomic long progress;  // operations finished
+  _Atomic int tid, done;
   void *priv;  // the workload's per-worker state (kept across rounds)
   // The signal handler's payload, written only by handlers on this worker's thread
   // and read after the join.
