@@ -64,7 +64,11 @@ static void *libc_symbol(const char *name) {
   if (!f.path[0]) return NULL;
   int fd = open(f.path, O_RDONLY | O_CLOEXEC);
   struct stat st;
-  if (fd < 0 || fstat(fd, &st) != 0) return NULL;
+  if (fd < 0) return NULL;
+  if (fstat(fd, &st) != 0) {
+    close(fd);
+    return NULL;
+  }
   const uint8_t *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
   close(fd);
   if (m == MAP_FAILED) return NULL;

@@ -21,6 +21,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   n = ops_decode(data + 1, size - 1, ops, FUZZ_MAX_OPS);
   index = fuzz_pick_index(data[0]);
   unsigned earlier = FUZZ_FAMILY == FAMILY_ALLOC ? ops_heap_uses(RSEQ_MODE_RSEQ, index) : 0;
+  if (earlier >= FUZZ_HEAP_REUSE) earlier = 0;  // this input gets a fresh heap
   char what[800], history[200], full[1100];
   if (ops_compare_modes(FUZZ_FAMILY, index, ops, n, what, sizeof what)) {
     fuzz_describe_history(earlier, fails_alone, history, sizeof history);

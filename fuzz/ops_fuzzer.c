@@ -31,6 +31,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   mode = (data[0] & 2) ? RSEQ_MODE_CAS : RSEQ_MODE_RSEQ;
   index = fuzz_pick_index(data[0]);
   unsigned earlier = FUZZ_FAMILY == FAMILY_ALLOC ? ops_heap_uses(mode, index) : 0;
+  if (earlier >= FUZZ_HEAP_REUSE) earlier = 0;  // this input gets a fresh heap
   struct ops_result r;
   if (run_once(&r)) {
     char what[1000], history[200];

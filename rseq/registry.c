@@ -51,27 +51,19 @@ static void die(const char *msg) {
   abort();
 }
 
-// Every registered section must be in __rseq_cs_ptr_array, and every exit point must
-// leave a registered section: RSEQ_ASM_DEFINE_TABLE and RSEQ_ASM_DEFINE_EXIT_POINT emit
-// them together, so a miss means a table was dropped or mangled at link time.
+// Every registered section must be in __rseq_cs_ptr_array: RSEQ_ASM_DEFINE_TABLE emits
+// both, so a miss means a table was dropped or mangled at link time. The exit-point
+// table is only counted (other rseq code linked into the object may add to it).
+static volatile int exit_points;  // volatile: the reference must stay, or --gc-sections drops the table
 static void check_tables(void) {
   const struct registry_entry *e = __start_rseq_registry;
   for (; e && e < __stop_rseq_registry; e++) {
     const struct rseq_cs_desc *const *p = __start___rseq_cs_ptr_array;
     while (p && p < __stop___rseq_cs_ptr_array && *p != e->desc) p++;
-    if (!p || p == __stop___rseq_cs_ptr_array) {
+    if (!p || p == __stop___rseq_cs_ptr_array)
       die("rseq: a registered section is missing from __rseq_cs_ptr_array\n");
-    }
   }
-  const struct exit_point *x = __start___rseq_exit_point_array;
-  for (; x && x < __stop___rseq_exit_point_array; x++) {
-    bool found = false;
-    for (e = __start_rseq_registry; e && e < __stop_rseq_registry && !found; e++)
-      found = x->start_ip == e->desc->start_ip;
-    if (!found) {
-      die("rseq: an exit point leaves no registered section\n");
-    }
-  }
+  exit_points = (int)(__stop___rseq_exit_point_array - __start___rseq_exit_point_array);
 }
 
 static void build_sorted(void) {

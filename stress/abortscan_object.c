@@ -83,6 +83,7 @@ struct run_result {
   bool mapped;       // the object was found mapped in the command's process
   int landed;        // measure: 1 the abort handler ran, 0 it did not, -1 unknown
   long our_aborted;  // spec->counter's value when the process exited; -1 unread
+  long aborted_at_stop;  // its value at the forced stop; -1 unread
   char out[4096];    // files holding stdout and stderr
   char err[4096];
 };
@@ -170,15 +171,18 @@ static int poke_byte(pid_t t, uint64_t addr, uint8_t byte, uint8_t *old) {
 
 // Plants every breakpoint once the object is mapped; returns the load base (1 for a
 // base of 0: a non-PIE executable, whose addresses are absolute), or 0 when not yet.
-static uint64_t try_plant(pid_t pid, const struct run_spec *spec, struct run_result *r) {
+// `stopped` is the task that is stopped now (a thread of pid, or pid itself): ptrace
+// writes only through a stopped task. A failed write undoes the others and returns 0,
+// so that a later stop tries again.
+static uint64_t try_plant(pid_t pid, pid_t stopped, const struct run_spec *spec,
+                          struct run_result *r) {
   uint64_t b = find_base(pid, spec, &r->mapped);
   if (!b) return 0;
   uint64_t base = b == 1 ? 0 : b;
   for (int i = 0; i < spec->nbps; i++)
-    if (poke_byte(pid, base + spec->bps[i].addr, 0xcc, &spec->bps[i].orig) != 0) {
-      fprintf(stderr, "abortscan: cannot plant a breakpoint at %#lx in pid %d\n",
-              (unsigned long)(base + spec->bps[i].addr), pid);
-      break;
+    if (poke_byte(stopped, base + spec->bps[i].addr, 0xcc, &spec->bps[i].orig) != 0) {
+      while (i-- > 0) poke_byte(stopped, base + spec->bps[i].addr, spec->bps[i].orig, NULL);
+      return 0;
     }
   return b;
 }
@@ -205,6 +209,7 @@ static void run_traced(const struct run_spec *spec, struct run_result *r) {
   r->status = -1;
   r->landed = -1;
   r->our_aborted = -1;
+  r->aborted_at_stop = -1;
   snprintf(r->out, sizeof r->out, "%s/out.%d", tmpdir, serial);
   snprintf(r->err, sizeof r->err, "%s/err.%d", tmpdir, serial++);
   for (int i = 0; i < spec->nbps; i++) spec->bps[i].hit = false;
@@ -249,7 +254,7 @@ static void run_traced(const struct run_spec *spec, struct run_result *r) {
   running_pgid = pid;
   signal(SIGALRM, on_alarm);
   alarm(RUN_TIMEOUT_S);
-  base = try_plant(pid, spec, r);  // the object may be the executable itself
+  base = try_plant(pid, pid, spec, r);  // the object may be the executable itself
   pid_t t = pid;
   int resume_sig = 0;
   for (;;) {
@@ -280,7 +285,7 @@ static void run_traced(const struct run_spec *spec, struct run_result *r) {
           drop_own(t);
         }
       }
-      if (!base && is_own(t)) base = try_plant(pid, spec, r);
+      if (!base && is_own(t)) base = try_plant(pid, t, spec, r);
       continue;
     }
     if (sig == SIGTRAP && event == PTRACE_EVENT_EXIT) {
@@ -315,14 +320,30 @@ static void run_traced(const struct run_spec *spec, struct run_result *r) {
           spec->bps[k].hit = true;
           if (spec->measure && !measured) {
             measured = true;
-            ptrace(PTRACE_SINGLESTEP, t, 0, 0);
-            int st2;
-            if (waitpid(t, &st2, __WALL) == t && WIFSTOPPED(st2)) {
-              ptrace(PTRACE_GETREGS, t, 0, &regs);
-              r->landed = regs.rip == b + spec->landings[0] || regs.rip == b + spec->landings[1];
+            // Our registry's count before the forced abort is handled (it runs after
+            // the resume), so that the exit value can prove this abort was counted.
+            if (spec->counter) {
+              errno = 0;
+              long v = ptrace(PTRACE_PEEKDATA, t, b + spec->counter, 0);
+              r->aborted_at_stop = errno ? -1 : v;
+            }
+            // One step. A stop for a signal before the step ran (SIGCHLD, a timer) is
+            // kept for the command and the step tried again, a few times at most.
+            for (int tries = 0; tries < 8; tries++) {
+              ptrace(PTRACE_SINGLESTEP, t, 0, 0);
+              int st2;
+              if (waitpid(t, &st2, __WALL) != t || !WIFSTOPPED(st2)) {
+                if (t == pid) r->status = st2;  // it died in the step
+                drop_own(t);
+                t = 0;
+                break;
+              }
+              if (WSTOPSIG(st2) == SIGTRAP && (st2 >> 16) == 0) {
+                ptrace(PTRACE_GETREGS, t, 0, &regs);
+                r->landed = regs.rip == b + spec->landings[0] || regs.rip == b + spec->landings[1];
+                break;
+              }
               if (WSTOPSIG(st2) != SIGTRAP) resume_sig = WSTOPSIG(st2);
-            } else {
-              t = 0;  // it died in the step
             }
           }
         }
@@ -499,7 +520,13 @@ static int scan(int argc, char **argv) {
       continue;
     }
     uint8_t code[4096 + 16], handler[16];
-    size_t n = sec->post_commit_offset + 16 < sizeof code ? sec->post_commit_offset + 16 : sizeof code;
+    if (sec->post_commit_offset > 4096) {  // longer than any section we know of
+      printf("| %s | - | table entry | - | - | - | FAIL: a section of %lu bytes: longer than the "
+             "4096 this scanner reads |\n", sec->name, (unsigned long)sec->post_commit_offset);
+      bad++;
+      continue;
+    }
+    size_t n = sec->post_commit_offset + 16;
     cs_insn *insn = NULL, *h = NULL;
     size_t count = rseq_elf_read(&elf, sec->start, code, n) == 0
                        ? cs_disasm(cs, code, n, sec->start, 0, &insn)
@@ -565,7 +592,8 @@ static int scan(int argc, char **argv) {
                                        : "our registry, but no rseq_section_counter_table symbol: "
                                          "aborts are judged by the landing only");
 
-  // 1. Undisturbed runs.
+  // 1. Undisturbed runs. (A refusal below leaves their files: scan's caller removes
+  // the directory's files.)
   struct run_spec none = {.preload = preload};
   struct run_result base1, base2, glibc;
   run_traced(&none, &base1);
@@ -680,7 +708,8 @@ static int scan(int argc, char **argv) {
       run_traced(&one, &r);
       reached = bp.hit;
       // Where our registry counts aborts, the count must agree with the landing.
-      did_abort = r.landed == 1 && (!one.counter || r.our_aborted >= 1);
+      did_abort = r.landed == 1 && (!one.counter || (r.aborted_at_stop >= 0 &&
+                                                      r.our_aborted > r.aborted_at_stop));
       if (one.counter) snprintf(counted, sizeof counted, " (counter %ld)", r.our_aborted);
       same = !r.hung && r.status == base1.status && same_file(r.out, base1.out);
       bool checked = reached && same && user_check(&r);
@@ -751,6 +780,11 @@ static int scan(int argc, char **argv) {
 
 int abortscan_object_main(int argc, char **argv) {
   int rc = scan(argc, argv);
+  if (tmpdir[0]) {  // whatever a refusal left in it
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -f %s/out.* %s/err.*", tmpdir, tmpdir);
+    if (system(cmd) != 0) fprintf(stderr, "abortscan: could not clean %s\n", tmpdir);
+  }
   free(landing);
   free(targets);
   free(all);

@@ -51,7 +51,7 @@ static struct cgroup cg;
 static bool have_cgroup;
 
 // The command's threads, refreshed by the migrate/signal thread every 20 ms.
-static int tids[MAX_TIDS], ntids;
+static int tids[MAX_TIDS], tgids[MAX_TIDS], ntids;
 static uint64_t migrations, migrate_errors, signals_sent, signal_errors;
 
 static uint64_t rnd(uint64_t *s) {  // xorshift64*
@@ -85,7 +85,7 @@ static void add_tasks_of(pid_t pid) {
   DIR *d = opendir(path);
   struct dirent *e;
   while (d && (e = readdir(d)) && ntids < MAX_TIDS)
-    if (numeric(e->d_name)) tids[ntids++] = atoi(e->d_name);
+    if (numeric(e->d_name)) tgids[ntids] = pid, tids[ntids++] = atoi(e->d_name);
   if (d) closedir(d);
 }
 
@@ -95,9 +95,11 @@ static void refresh_tids(void) {
   ntids = 0;
   char path[400], line[64];
   if (have_cgroup) {
-    snprintf(path, sizeof path, "%s/%s", cg.dir, cg.version == 2 ? "cgroup.threads" : "tasks");
+    // The processes of the cgroup, then their threads: each tid with its process id,
+    // which tgkill needs to be safe against a tid reused by another process.
+    snprintf(path, sizeof path, "%s/cgroup.procs", cg.dir);
     FILE *f = fopen(path, "r");
-    while (f && fgets(line, sizeof line, f) && ntids < MAX_TIDS) tids[ntids++] = atoi(line);
+    while (f && fgets(line, sizeof line, f) && ntids < MAX_TIDS) add_tasks_of(atoi(line));
     if (f) fclose(f);
     if (ntids) return;
   }
@@ -160,17 +162,10 @@ static void *tree_forcer_main(void *arg) {
         migrate_errors++;
     }
     if (ntids && signo && t >= next_signal) {
-      int tid = tids[rnd(&s) % (uint64_t)ntids];
-      // tgkill needs the thread's process id: read it.
-      char path[64];
-      pid_t tgid = tid;
-      snprintf(path, sizeof path, "/proc/%d/status", tid);
-      FILE *f = fopen(path, "r");
-      char line[128];
-      while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "Tgid: %d", &tgid) == 1) break;
-      if (f) fclose(f);
-      if (syscall(SYS_tgkill, tgid, tid, signo) == 0)
+      uint64_t k = rnd(&s) % (uint64_t)ntids;
+      // The process id recorded with the tid: a tid reused since (by another process)
+      // does not match it, and tgkill refuses.
+      if (syscall(SYS_tgkill, tgids[k], tids[k], signo) == 0)
         signals_sent++;
       else
         signal_errors++;

@@ -57,16 +57,31 @@ __attribute__((destructor)) static void report(void) {
   close(fd);
 }
 
+static void start_thread(void);
+
+// A forked child (without exec) has no fence thread and the parent's counts: it
+// starts from zero with a thread of its own (the kernel keeps the registration).
+static void after_fork_child(void) {
+  atomic_store_explicit(&fences_done, 0, memory_order_relaxed);
+  atomic_store_explicit(&fences_failed, 0, memory_order_relaxed);
+  start_thread();
+}
+
 __attribute__((constructor)) static void start(void) {
   const char *p = getenv("CHAOS_FENCE_US");
   period_us = p ? atol(p) : 0;
   if (period_us <= 0) return;
   ncpus = (int)sysconf(_SC_NPROCESSORS_CONF);
   if (ncpus < 1) ncpus = 1;
+  pthread_atfork(NULL, NULL, after_fork_child);
   if (membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) != 0) {
     atomic_fetch_add_explicit(&fences_failed, 1, memory_order_relaxed);
     return;
   }
+  start_thread();
+}
+
+static void start_thread(void) {
   pthread_t t;
   pthread_attr_t a;
   pthread_attr_init(&a);

@@ -41,8 +41,8 @@ static const Elf64_Shdr *section_named(const struct rseq_elf *e, const char *nam
   const Elf64_Shdr *strs = shdr(e, h->e_shstrndx);
   for (int i = 0; i < h->e_shnum; i++) {
     const char *n = at(e, strs->sh_offset + shdr(e, i)->sh_name, 1);
-    if (n && strncmp(n, name, e->size - (size_t)(n - (const char *)e->map)) == 0 &&
-        strlen(n) == strlen(name))
+    size_t room = n ? e->size - (size_t)(n - (const char *)e->map) : 0;
+    if (n && strnlen(n, room) == strlen(name) && !memcmp(n, name, strlen(name)))
       return shdr(e, i);
   }
   return NULL;
@@ -51,7 +51,10 @@ static const Elf64_Shdr *section_named(const struct rseq_elf *e, const char *nam
 int rseq_elf_read(const struct rseq_elf *e, uint64_t vaddr, void *buf, size_t n) {
   for (int i = 0; i < ehdr(e)->e_phnum; i++) {
     const Elf64_Phdr *p = phdr(e, i);
-    if (p->p_type != PT_LOAD || vaddr < p->p_vaddr || vaddr + n > p->p_vaddr + p->p_filesz) continue;
+    // Without overflow: n fits in the segment, and so does the offset.
+    if (p->p_type != PT_LOAD || vaddr < p->p_vaddr || n > p->p_filesz ||
+        vaddr - p->p_vaddr > p->p_filesz - n)
+      continue;
     const void *src = at(e, p->p_offset + (vaddr - p->p_vaddr), n);
     if (!src) return -1;
     memcpy(buf, src, n);
@@ -63,8 +66,8 @@ int rseq_elf_read(const struct rseq_elf *e, uint64_t vaddr, void *buf, size_t n)
 bool rseq_elf_executable(const struct rseq_elf *e, uint64_t vaddr, size_t n) {
   for (int i = 0; i < ehdr(e)->e_phnum; i++) {
     const Elf64_Phdr *p = phdr(e, i);
-    if (p->p_type == PT_LOAD && (p->p_flags & PF_X) && vaddr >= p->p_vaddr &&
-        vaddr + n <= p->p_vaddr + p->p_filesz)
+    if (p->p_type == PT_LOAD && (p->p_flags & PF_X) && vaddr >= p->p_vaddr && n <= p->p_filesz &&
+        vaddr - p->p_vaddr <= p->p_filesz - n)
       return true;
   }
   return false;
@@ -149,7 +152,10 @@ static void load_symbols(struct rseq_elf *e) {
   for (size_t i = 0; i < n; i++) {
     if (ELF64_ST_TYPE(syms[i].st_info) != STT_FUNC || syms[i].st_shndx == SHN_UNDEF) continue;
     const char *name = at(e, strs->sh_offset + syms[i].st_name, 1);
-    if (!name) continue;
+    // Only names whose NUL lies inside the file: they are printed with %s.
+    if (!name || strnlen(name, e->size - (size_t)(name - (const char *)e->map)) ==
+                     e->size - (size_t)(name - (const char *)e->map))
+      continue;
     e->symbols[e->nsymbols++] = (struct rseq_elf_symbol){syms[i].st_value, syms[i].st_size, name};
   }
   qsort(e->symbols, e->nsymbols, sizeof *e->symbols, symbol_cmp);
@@ -163,7 +169,7 @@ uint64_t rseq_elf_symbol(const struct rseq_elf *e, const char *name) {
     const Elf64_Shdr *strs = shdr(e, (int)tab->sh_link);
     const Elf64_Sym *syms = at(e, tab->sh_offset, tab->sh_size);
     for (size_t i = 0; syms && i < tab->sh_size / sizeof(Elf64_Sym); i++) {
-      const char *n = at(e, strs->sh_offset + syms[i].st_name, strlen(name) + 1);
+      const char *n = at(e, strs->sh_offset + syms[i].st_name, strlen(name) + 1);  // bounded
       if (n && syms[i].st_shndx != SHN_UNDEF && !strncmp(n, name, strlen(name) + 1))
         return syms[i].st_value;
     }
@@ -209,7 +215,8 @@ static void check_entry(const struct rseq_elf *e, struct rseq_elf_section *s) {
     snprintf(s->problem, sizeof s->problem,
              "table entry at %#lx points at %#lx, outside the object's loaded data",
              (unsigned long)s->table_entry, (unsigned long)s->desc);
-  else if (!s->post_commit_offset || !rseq_elf_executable(e, s->start, s->post_commit_offset))
+  else if (!s->post_commit_offset || s->start + s->post_commit_offset < s->start ||
+           !rseq_elf_executable(e, s->start, s->post_commit_offset))
     snprintf(s->problem, sizeof s->problem,
              "descriptor at %#lx: [start_ip %#lx, +%lu) is outside any executable segment",
              (unsigned long)s->desc, (unsigned long)s->start, (unsigned long)s->post_commit_offset);
@@ -254,6 +261,13 @@ int rseq_elf_open(const char *path, struct rseq_elf *e, char *err, size_t err_si
   }
   e->type = h->e_type;
   const Elf64_Shdr *ptrs = section_named(e, "__rseq_cs_ptr_array");
+  if (ptrs && (ptrs->sh_type == SHT_NOBITS || !at(e, ptrs->sh_offset, ptrs->sh_size) ||
+               ptrs->sh_size > ((uint64_t)1 << 24))) {
+    snprintf(err, err_size, "%s: __rseq_cs_ptr_array's size (%lu) does not fit the file", path,
+             (unsigned long)ptrs->sh_size);
+    rseq_elf_close(e);
+    return -1;
+  }
   if (!ptrs || ptrs->sh_size < 8) {
     snprintf(err, err_size,
              "%s has no rseq critical sections: no __rseq_cs_ptr_array section (or an empty one)",
@@ -287,6 +301,9 @@ int rseq_elf_open(const char *path, struct rseq_elf *e, char *err, size_t err_si
     check_entry(e, s);
   }
   const Elf64_Shdr *exits = section_named(e, "__rseq_exit_point_array");
+  if (exits && (exits->sh_type == SHT_NOBITS || !at(e, exits->sh_offset, exits->sh_size) ||
+                exits->sh_size > ((uint64_t)1 << 24)))
+    exits = NULL;  // unreadable: as if absent (its branches are then only a note)
   if (exits) {
     e->has_exit_table = true;
     e->nexits = (int)(exits->sh_size / 16);
