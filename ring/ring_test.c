@@ -10,6 +10,8 @@
 //   - a seeded random sequence of offers, polls and batches on random fake CPUs gives
 //     results identical to a model, and identical in both modes;
 //   - a second consumer thread gets EPERM (builds without NDEBUG).
+#include "ring/ring.h"
+
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -17,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ring/ring.h"
+#include "rseq/test_liveness.h"
 #include "rseq/testing.h"
 
 static int nmodes;
@@ -298,8 +300,9 @@ static long model_poll_batch(struct model *m, uintptr_t *out, size_t max) {
 
 // The observable trace of a random sequence, as a hash; checked against the model.
 static uint64_t run_sequence(enum rseq_mode mode, enum rseq_index index, uint64_t seed) {
-  test_context("sequence mode=%s index=%s seed=%lu (TEST_SEED=%lu reproduces)", rseq_mode_name(mode),
-               rseq_index_name(index), (unsigned long)seed, (unsigned long)seed);
+  test_context("sequence mode=%s index=%s seed=%lu (TEST_SEED=%lu reproduces)",
+               rseq_mode_name(mode), rseq_index_name(index), (unsigned long)seed,
+               (unsigned long)seed);
   struct ring *r = make(mode, index, MODEL_CAP, 0, UINTPTR_MAX - 40);
   static struct model m;
   memset(&m, 0, sizeof m);
@@ -421,10 +424,16 @@ static void test_migration_mid_offer(enum rseq_index index) {
     rseq_fake_cpu_migrate_after_next_read(1);
     char record[16] = "migrated";
     void *three[3] = {(void *)7, (void *)8, (void *)9};
+    // Liveness: after the permanent move the offer must commit at its first retry.
+    test_liveness_begin(rec == 32 ? "ring_offer_batch after a migration"
+                        : rec     ? "ring_offer_record after a migration"
+                                  : "ring_offer after a migration",
+                        4);
     if (rec == 32)
       CHECK_EQ(ring_offer_batch(r, three, 3), 3);
     else
       CHECK_EQ(rec ? ring_offer_record(r, record) : ring_offer(r, (void *)7), RING_OK);
+    CHECK_EQ(test_liveness_end(), 1);
     CHECK_EQ(rseq_current_index(index), 1);
     struct ring_cpu_stats st0, st1;
     CHECK(ring_cpu_stats(r, 0, &st0) == 0 && ring_cpu_stats(r, 1, &st1) == 0);
@@ -460,7 +469,8 @@ int main(int argc, char **argv) {
       struct rseq_percpu_mode m;
       const char *why;
       if (rseq_resolve_mode((enum rseq_mode)mode, (enum rseq_index)index, &m, &why) != 0) {
-        printf("SKIPPED: mode %s index %s: %s\n", rseq_mode_name(mode), rseq_index_name(index), why);
+        printf("SKIPPED: mode %s index %s: %s\n", rseq_mode_name(mode), rseq_index_name(index),
+               why);
         continue;
       }
       modes[nmodes].mode = (enum rseq_mode)mode;
@@ -476,8 +486,10 @@ int main(int argc, char **argv) {
       test_migration_mid_offer(modes[i].index);
       test_leftovers(modes[i].index);
     }
-    printf("ok: mode=%s index=%s: boundaries, wrap-around, records, batch offers, migration mid-offer, aborted-batch leftovers\n",
-           rseq_mode_name(modes[i].mode), rseq_index_name(modes[i].index));
+    printf(
+        "ok: mode=%s index=%s: boundaries, wrap-around, records, batch offers, migration "
+        "mid-offer, aborted-batch leftovers\n",
+        rseq_mode_name(modes[i].mode), rseq_index_name(modes[i].index));
   }
   uint64_t seed0 = test_seed(42);
   for (uint64_t seed = seed0; seed < seed0 + 5; seed++) {
@@ -485,8 +497,8 @@ int main(int argc, char **argv) {
     for (int i = 0; i < nmodes; i++) {
       uint64_t h = run_sequence(modes[i].mode, modes[i].index, seed);
       if (i == 0) first = h;
-      CHECK(h == first, "seed %lu: mode %s index %s trace differs from mode %s", (unsigned long)seed,
-            rseq_mode_name(modes[i].mode), rseq_index_name(modes[i].index),
+      CHECK(h == first, "seed %lu: mode %s index %s trace differs from mode %s",
+            (unsigned long)seed, rseq_mode_name(modes[i].mode), rseq_index_name(modes[i].index),
             rseq_mode_name(modes[0].mode));
     }
     printf("ok: seed %lu: %d modes gave identical traces, all matching the model\n",
