@@ -27,7 +27,6 @@
 // --expect-broken, 0 only when every section has at least one failing instruction:
 // the self-test on deliberately broken sections).
 #include <capstone/capstone.h>
-#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -36,9 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/ptrace.h>
-#include <sys/stat.h>
 #include <sys/user.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -219,29 +216,6 @@ static int parse_sections(const char *out) {
   return nsections;
 }
 
-// The bytes of [vaddr, vaddr + n) from the ELF file (through its PT_LOAD segments).
-static int read_code(const char *file, uint64_t vaddr, uint8_t *buf, size_t n) {
-  int fd = open(file, O_RDONLY);
-  if (fd < 0) return -1;
-  struct stat st;
-  fstat(fd, &st);
-  const uint8_t *f = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-  close(fd);
-  if (f == MAP_FAILED) return -1;
-  const Elf64_Ehdr *eh = (const Elf64_Ehdr *)f;
-  const Elf64_Phdr *ph = (const Elf64_Phdr *)(f + eh->e_phoff);
-  int rc = -1;
-  for (int i = 0; i < eh->e_phnum; i++) {
-    if (ph[i].p_type == PT_LOAD && vaddr >= ph[i].p_vaddr && vaddr + n <= ph[i].p_vaddr + ph[i].p_filesz) {
-      memcpy(buf, f + ph[i].p_offset + (vaddr - ph[i].p_vaddr), n);
-      rc = 0;
-      break;
-    }
-  }
-  munmap((void *)f, (size_t)st.st_size);
-  return rc;
-}
-
 bool abortscan_writes_memory(const cs_insn *i) {
   const char *comma = strchr(i->op_str, ',');
   const char *bracket = strchr(i->op_str, '[');
@@ -315,11 +289,10 @@ int main(int argc, char **argv) {
     printf("abortscan: capstone failed to open\n");
     return 1;
   }
-  // The workload's exit-point table, read from its file (stress/rseq_elf.c).
+  // The workload's code and exit-point table, read from its file (stress/rseq_elf.c).
   struct rseq_elf elf;
   char elf_err[300];
-  bool have_elf = rseq_elf_open(workload, &elf, elf_err, sizeof elf_err) == 0;
-  if (!have_elf) {
+  if (rseq_elf_open(workload, &elf, elf_err, sizeof elf_err) != 0) {
     printf("abortscan: cannot read the tables of %s: %s\n", workload, elf_err);
     return 1;
   }
@@ -339,7 +312,7 @@ int main(int argc, char **argv) {
     }
     uint8_t code[4096];
     size_t n = sec->len + 16 < sizeof code ? sec->len + 16 : sizeof code;
-    if (read_code(workload, sec->start, code, n) != 0) {
+    if (rseq_elf_read(&elf, sec->start, code, n) != 0) {
       printf("| %s | - | - | - | - | - | cannot read its code |\n", sec->name);
       bad++;
       continue;
@@ -348,7 +321,7 @@ int main(int argc, char **argv) {
     uint8_t handler[16];
     cs_insn *jmp;
     abort_target_off = 0;
-    if (read_code(workload, sec->abort_off, handler, sizeof handler) == 0 &&
+    if (rseq_elf_read(&elf, sec->abort_off, handler, sizeof handler) == 0 &&
         cs_disasm(cs, handler, sizeof handler, sec->abort_off, 1, &jmp) == 1) {
       if (!strcmp(jmp->mnemonic, "jmp")) abort_target_off = strtoull(jmp->op_str, NULL, 16);
       cs_free(jmp, 1);
@@ -367,8 +340,7 @@ int main(int argc, char **argv) {
     const char *shape = structure_problem(insn, count, sec);
     // And every branch out of the section, but to abort_ip, is a listed exit point.
     char exit_why[200];
-    if (!shape && have_elf &&
-        abortscan_unlisted_exit(&elf, insn, count, sec->start, sec->start + sec->len,
+    if (!shape && abortscan_unlisted_exit(&elf, insn, count, sec->start, sec->start + sec->len,
                                 sec->abort_off, exit_why, sizeof exit_why))
       shape = exit_why;
     if (shape) {
