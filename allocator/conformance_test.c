@@ -31,10 +31,11 @@ int main(int argc, char **argv) {
     for (int x = 0; x < 2; x++) {
       enum rseq_mode mode = m ? RSEQ_MODE_CAS : RSEQ_MODE_RSEQ;
       enum rseq_index index = x ? RSEQ_INDEX_MM_CID : RSEQ_INDEX_CPU_ID;
-      if ((mode == RSEQ_MODE_RSEQ && !rseq_available()) ||
-          (index == RSEQ_INDEX_MM_CID && !rseq_mm_cid_available())) {
-        printf("SKIP: %s mode, %s index: not available here\n", rseq_mode_name(mode),
-               rseq_index_name(index));
+      struct rseq_percpu_mode resolved;
+      const char *why_not = "";
+      if (rseq_resolve_mode(mode, index, &resolved, &why_not) != 0) {
+        printf("SKIP: %s mode, %s index: %s\n", rseq_mode_name(mode), rseq_index_name(index),
+               why_not);
         continue;
       }
       // The reservation of libccache_malloc.so (CCACHE_RESERVE_GB's default).

@@ -101,12 +101,10 @@ int main(int argc, char **argv) {
     for (int x = 0; x < 2; x++) {
       enum rseq_mode mode = m ? RSEQ_MODE_CAS : RSEQ_MODE_RSEQ;
       enum rseq_index index = x ? RSEQ_INDEX_MM_CID : RSEQ_INDEX_CPU_ID;
-      if (mode == RSEQ_MODE_RSEQ && !rseq_available()) {
-        printf("SKIP: rseq mode: %s\n", rseq_unavailable_reason());
-        continue;
-      }
-      if (index == RSEQ_INDEX_MM_CID && !rseq_mm_cid_available()) {
-        printf("SKIP: %s mode, mm_cid index: not available on this kernel\n", rseq_mode_name(mode));
+      struct rseq_percpu_mode resolved;
+      const char *why = "";
+      if (rseq_resolve_mode(mode, index, &resolved, &why) != 0) {
+        printf("SKIP: %s mode, %s index: %s\n", rseq_mode_name(mode), rseq_index_name(index), why);
         continue;
       }
       struct ccache_options o = {.mode = mode, .index = index, .reserve_bytes = (size_t)1 << 30};
