@@ -18,18 +18,13 @@
 #include <unistd.h>
 
 #include "rseq/rseq.h"
+#include "rseq/rseq_internal.h"
 #include "rseq/testing.h"
 
-#define LINKER __attribute__((weak, visibility("hidden")))
-extern const struct rseq_cs_desc __start___rseq_cs[] LINKER;
-extern const struct rseq_cs_desc __stop___rseq_cs[] LINKER;
-extern const struct rseq_cs_desc *const __start___rseq_cs_ptr_array[] LINKER;
-extern const struct rseq_cs_desc *const __stop___rseq_cs_ptr_array[] LINKER;
-struct exit_point {
-  uint64_t start_ip, exit_ip;
-};
-extern const struct exit_point __start___rseq_exit_point_array[] LINKER;
-extern const struct exit_point __stop___rseq_exit_point_array[] LINKER;
+// The pointer and exit-point tables are declared in rseq_internal.h; the descriptors
+// themselves only here.
+extern const struct rseq_cs_desc __start___rseq_cs[] RSEQ_LINKER_SYMBOL;
+extern const struct rseq_cs_desc __stop___rseq_cs[] RSEQ_LINKER_SYMBOL;
 
 static void check_file_sections(void) {
   int fd = open("/proc/self/exe", O_RDONLY);
@@ -145,7 +140,7 @@ int main(int argc, char **argv) {
     CHECK(d >= __start___rseq_cs && d < __stop___rseq_cs, "pointer %zu outside __rseq_cs", p);
   }
   for (size_t e = 0; e < nexit; e++) {
-    const struct exit_point *x = &__start___rseq_exit_point_array[e];
+    const struct rseq_exit_point *x = &__start___rseq_exit_point_array[e];
     test_context("exit point %zu", e);
     const struct rseq_cs_desc *owner = NULL;
     for (size_t i = 0; i < ndesc; i++)

@@ -20,21 +20,13 @@ struct registry_entry {
   intptr_t id;
 };
 
-// The linker defines __start_/__stop_ for sections whose names are C identifiers.
-// Hidden: each binary (and each shared object) sees its own sections.
-#define RSEQ_LINKER_SYMBOL __attribute__((weak, visibility("hidden")))
+// The linker defines __start_/__stop_ for sections whose names are C identifiers
+// (RSEQ_LINKER_SYMBOL: rseq_internal.h, which also declares the tables that tools
+// read, __rseq_cs_ptr_array and __rseq_exit_point_array; check_tables below references
+// them so that the linker keeps them: nothing else in the program uses them, and an opt
+// build links with --gc-sections, which dropped both from libccache_malloc.so).
 extern const struct registry_entry __start_rseq_registry[] RSEQ_LINKER_SYMBOL;
 extern const struct registry_entry __stop_rseq_registry[] RSEQ_LINKER_SYMBOL;
-// The tables that tools read (debuggers, abortscan --object). Referenced here so that
-// the linker keeps them: nothing else in the program uses them, and an opt build links
-// with --gc-sections, which dropped both from libccache_malloc.so.
-extern const struct rseq_cs_desc *const __start___rseq_cs_ptr_array[] RSEQ_LINKER_SYMBOL;
-extern const struct rseq_cs_desc *const __stop___rseq_cs_ptr_array[] RSEQ_LINKER_SYMBOL;
-struct exit_point {
-  uint64_t start_ip, exit_ip;
-};
-extern const struct exit_point __start___rseq_exit_point_array[] RSEQ_LINKER_SYMBOL;
-extern const struct exit_point __stop___rseq_exit_point_array[] RSEQ_LINKER_SYMBOL;
 
 #define MAX_SECTIONS 64
 static struct rseq_section sorted[MAX_SECTIONS];

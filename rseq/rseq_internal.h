@@ -40,6 +40,18 @@ enum rseq_section_id {
 
 #define RSEQ_SECTION_MAX RSEQ_SECTION_MAX_IDS
 
+// The ELF tables that RSEQ_ASM_DEFINE_TABLE and RSEQ_ASM_DEFINE_EXIT_POINT fill
+// (rseq_asm.h), through the linker's __start_/__stop_ symbols. Weak and hidden: each
+// binary and each shared object sees its own, and one without sections has none.
+#define RSEQ_LINKER_SYMBOL __attribute__((weak, visibility("hidden")))
+struct rseq_exit_point {
+  uint64_t start_ip, exit_ip;
+};
+extern const struct rseq_cs_desc *const __start___rseq_cs_ptr_array[] RSEQ_LINKER_SYMBOL;
+extern const struct rseq_cs_desc *const __stop___rseq_cs_ptr_array[] RSEQ_LINKER_SYMBOL;
+extern const struct rseq_exit_point __start___rseq_exit_point_array[] RSEQ_LINKER_SYMBOL;
+extern const struct rseq_exit_point __stop___rseq_exit_point_array[] RSEQ_LINKER_SYMBOL;
+
 // Set by rseq_inject_set_loops(); read by the delay loops inside sections (inject
 // variant). Hidden so the asm can address it %rip-relative from any object.
 extern volatile uint32_t rseq_inject_loops[RSEQ_INJECT_POINTS + 1]
