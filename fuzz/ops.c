@@ -147,6 +147,7 @@ static int ncpus_for(enum rseq_index index) {
 struct block {
   unsigned char *p;
   size_t size;
+  size_t usable;  // at hand-out: the model's record of the block's class
   uint8_t seed;
 };
 
@@ -224,7 +225,7 @@ CHECK_LOOP static int check_new_block(struct block *live, int n, const unsigned 
 // The heap's statistics: hashed into the trace (both modes must agree on them, and on
 // the refill and drain counts), and checked exactly against the model:
 //   - every class's in_use, and the large-block count, equal the live blocks' (by the
-//     class their usable size is);
+//     class their usable size at hand-out is);
 //   - on fake CPUs no section can abort (the thread is not registered: nothing ever
 //     rewrites its IP), so every abort counter, the heap's and the registry's, is 0.
 static void emit_stats(struct ccache_heap *h, struct ops_trace *t, const struct block *live,
@@ -247,7 +248,7 @@ static void emit_stats(struct ccache_heap *h, struct ops_trace *t, const struct 
   memset(model, 0, sizeof model);
   uint64_t large = 0;
   for (int k = 0; k < nlive; k++) {
-    size_t usable = ccache_malloc_usable_size(h, live[k].p);
+    size_t usable = live[k].usable;
     unsigned lo = 0, hi = CCACHE_NUM_CLASSES - 1;  // the class of that size: a search
     while (lo < hi) {
       unsigned mid = (lo + hi) / 2;
@@ -383,7 +384,7 @@ static void run_alloc(enum rseq_mode mode, enum rseq_index index, const struct o
         if (check_new_block(live, nlive, p, size, usable, align, r, i)) break;
         uint8_t seed = (uint8_t)(i * 7 + 1);
         pattern(p, size, seed);
-        live[nlive++] = (struct block){p, size, seed};
+        live[nlive++] = (struct block){p, size, usable, seed};
         obs |= usable;
         break;
       }
@@ -410,6 +411,7 @@ static void run_alloc(enum rseq_mode mode, enum rseq_index index, const struct o
         if (check_new_block(live, nlive, q, size, usable, 16, r, i)) break;
         tmp.p = q;
         tmp.size = size;
+        tmp.usable = usable;
         pattern(q, size, tmp.seed);
         live[nlive++] = tmp;
         obs |= usable;
