@@ -53,61 +53,59 @@ static int find_libc(struct dl_phdr_info *info, size_t size, void *arg) {
   return 0;
 }
 
-// The address of libc's own definition of `name`, read from libc's file (.dynsym) and
-// its load base: dlsym is intercepted by the sanitizers, and gave their interceptors.
-static void *libc_symbol(const char *name) {
+// libc's own definitions of names[0..n), into out[] (NULL where missing), read from
+// libc's file (.dynsym) and its load base in one pass: dlsym is intercepted by the
+// sanitizers, and gave their interceptors.
+static void libc_symbols(const char *const *names, void **out, int n) {
+  for (int j = 0; j < n; j++) out[j] = NULL;
   struct found {
     char path[4096];
     uintptr_t base;
   } f = {"", 0};
   dl_iterate_phdr(find_libc, &f);
-  if (!f.path[0]) return NULL;
+  if (!f.path[0]) return;
   int fd = open(f.path, O_RDONLY | O_CLOEXEC);
   struct stat st;
-  if (fd < 0) return NULL;
+  if (fd < 0) return;
   if (fstat(fd, &st) != 0) {
     close(fd);
-    return NULL;
+    return;
   }
   const uint8_t *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
   close(fd);
-  if (m == MAP_FAILED) return NULL;
+  if (m == MAP_FAILED) return;
   const Elf64_Ehdr *eh = (const Elf64_Ehdr *)m;
   const Elf64_Shdr *sh = (const Elf64_Shdr *)(m + eh->e_shoff);
-  void *result = NULL;
-  for (int i = 0; i < eh->e_shnum && !result; i++) {
+  for (int i = 0; i < eh->e_shnum; i++) {
     if (sh[i].sh_type != SHT_DYNSYM) continue;
     const Elf64_Sym *sym = (const Elf64_Sym *)(m + sh[i].sh_offset);
     const char *strs = (const char *)(m + sh[sh[i].sh_link].sh_offset);
-    for (size_t k = 0; k < sh[i].sh_size / sizeof *sym; k++)
-      if (sym[k].st_shndx != SHN_UNDEF && ELF64_ST_TYPE(sym[k].st_info) == STT_FUNC &&
-          !strcmp(strs + sym[k].st_name, name)) {
-        result = (void *)(f.base + sym[k].st_value);
-        break;
-      }
+    for (size_t k = 0; k < sh[i].sh_size / sizeof *sym; k++) {
+      if (sym[k].st_shndx == SHN_UNDEF || ELF64_ST_TYPE(sym[k].st_info) != STT_FUNC) continue;
+      for (int j = 0; j < n; j++)
+        if (!out[j] && !strcmp(strs + sym[k].st_name, names[j]))
+          out[j] = (void *)(f.base + sym[k].st_value);
+    }
   }
   munmap((void *)m, (size_t)st.st_size);
-  return result;
 }
 
 static void resolve(void) {
   if (g.malloc) return;
-#define RESOLVE(f)                                     \
-  *(void **)&g.f = libc_symbol(#f);                    \
-  if (!g.f) {                                          \
-    fprintf(stderr, "conformance: no glibc %s\n", #f); \
-    abort();                                           \
-  }
-  RESOLVE(free)
-  RESOLVE(calloc)
-  RESOLVE(realloc)
-  RESOLVE(aligned_alloc)
-  RESOLVE(posix_memalign)
-  RESOLVE(memalign)
-  RESOLVE(valloc)
-  RESOLVE(pvalloc)
-  RESOLVE(malloc)  // last: it marks the table ready
-#undef RESOLVE
+  const char *names[] = {"free",     "calloc", "realloc", "aligned_alloc", "posix_memalign",
+                         "memalign", "valloc", "pvalloc", "malloc"};
+  void **slots[] = {(void **)&g.free,          (void **)&g.calloc,         (void **)&g.realloc,
+                    (void **)&g.aligned_alloc, (void **)&g.posix_memalign, (void **)&g.memalign,
+                    (void **)&g.valloc,        (void **)&g.pvalloc,        (void **)&g.malloc};
+  enum { N = sizeof names / sizeof names[0] };
+  void *found[N];
+  libc_symbols(names, found, N);
+  for (int j = 0; j < N; j++)
+    if (!found[j]) {
+      fprintf(stderr, "conformance: no glibc %s\n", names[j]);
+      abort();
+    }
+  for (int j = 0; j < N; j++) *slots[j] = found[j];  // malloc last: it marks the table ready
 }
 
 struct outcome {
@@ -131,7 +129,9 @@ static size_t product(size_t a, size_t b) {
   return __builtin_mul_overflow(a, b, &t) ? SIZE_MAX : t;
 }
 
-static size_t page_size(void) { return 4096; }
+static size_t page_size(void) {
+  return 4096;
+}
 
 static void run(bool glibc, struct ccache_heap *h, enum conformance_call c, size_t a, size_t b,
                 struct outcome *o) {
@@ -275,8 +275,8 @@ bool conformance_check(struct ccache_heap *heap, enum conformance_call c, size_t
       snprintf(why, why_size, "%s(a=%zu, b=%zu): glibc: %s; ccache: %s (resource-dependent)",
                names[c], a, b, gs, cs);
     else
-      snprintf(why, why_size, "%s(a=%zu, b=%zu): glibc: %s%s%s; ccache: %s%s%s%s", names[c], a,
-               b, gs, *gu ? ", " : "", gu, cs, *cu ? ", " : "", cu,
+      snprintf(why, why_size, "%s(a=%zu, b=%zu): glibc: %s%s%s; ccache: %s%s%s%s", names[c], a, b,
+               gs, *gu ? ", " : "", gu, cs, *cu ? ", " : "", cu,
                go.kept != co.kept ? " (the old block was not kept as glibc keeps it)" : "");
   }
   release(true, NULL, &go);
