@@ -2,6 +2,7 @@
 // binary, one run per instruction, and verify the outcome.
 //
 //   abortscan --workload BIN [--index cpu|cid] [--json FILE] [--section NAME] [--expect-broken]
+//   abortscan --workload BIN --window [--index cpu|cid] [--json FILE] [--section NAME [--offset N]]
 //   abortscan --object PATH [options] -- CMD ARGS...   (any ELF: see abortscan_object.c)
 //
 // The sections come from the binary's registry (rseq_registry / __rseq_cs, printed by
@@ -23,14 +24,30 @@
 // exactly at post_commit_ip and stores to memory; every branch that leaves the section
 // for anywhere but abort_ip is listed in the binary's __rseq_exit_point_array.
 // Report: a table (section, offset, instruction) -> aborted?, retry committed?,
-// invariants ok?, and the same as JSON. Exit 1 on any failure (or, with
+// invariants ok?, and the same as JSON.
+//
+// --window: the window scan, for the state a section depends on changing between the
+// operation's index read and start_ip (no abort protects that stretch: a thread
+// preempted there resumes without one, after other threads ran on its CPU). For every
+// instruction from the entry of the function that holds the section up to start_ip
+// (the index read lies there, or in the caller before it), one run: the workload runs
+// with --window-actor (an actor thread on the same CPU, waiting on a pipe); the first
+// time the main thread reaches the instruction while the workload has the window
+// armed, it is held there, the actor is told to act (change that CPU's data: push,
+// append, take blocks, drain) and, once it answers, the main thread goes on. The
+// workload's invariants count the actor's changes in: they fail when a section used a
+// value read before start_ip. Reported per instruction: reached?, the actor acted
+// (on the main thread's index?), invariants ok. A section whose window was never
+// reached, or where the actor never ran on the main thread's index, fails. Exit 1 on any failure (or, with
 // --expect-broken, 0 only when every section has at least one failing instruction:
 // the self-test on deliberately broken sections).
 #include <capstone/capstone.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,6 +87,18 @@ static uint64_t abort_target_off;
 static volatile sig_atomic_t hung;
 static volatile pid_t running_pid;
 
+// Window mode: the workload's abortscan_window_armed (offset from its load base), and
+// what the actor did at the stop of the last run.
+static bool window_mode;
+static long window_only_offset = -1;  // --offset N: that function offset alone (to reproduce a row)
+static uint64_t armed_off;
+enum actor_reply { ACTOR_NOT_ASKED, ACTOR_ANSWERED, ACTOR_BLOCKED };
+static enum actor_reply actor_reply;
+// How long a stopped main thread waits for the actor's answer. The actor can need a
+// lock that the stopped thread holds (a drain while it refills): then the main thread
+// goes on after this, and the actor acts once the lock is free.
+#define ACTOR_WAIT_MS 2000
+
 static void on_alarm(int sig) {
   (void)sig;
   hung = 1;
@@ -77,13 +106,21 @@ static void on_alarm(int sig) {
 }
 
 static int run_workload(uint64_t bp_off, bool *hit, char *out, size_t out_size, bool list) {
-  int fds[2];
+  int fds[2], req[2] = {-1, -1}, done[2] = {-1, -1};
   if (pipe(fds) != 0) return -1;
+  if (window_mode && (pipe(req) != 0 || pipe(done) != 0)) return -1;
   pid_t pid = fork();
   if (pid == 0) {
     dup2(fds[1], 1);
     close(fds[0]);
     close(fds[1]);
+    if (window_mode) {  // the actor's pipes become fds 3 (requests) and 4 (answers)
+      int r = dup(req[0]), w = dup(done[1]);
+      close(req[0]), close(req[1]), close(done[0]), close(done[1]);
+      dup2(r, 3), dup2(w, 4);
+      if (r != 3 && r != 4) close(r);
+      if (w != 3 && w != 4) close(w);
+    }
     ptrace(PTRACE_TRACEME, 0, 0, 0);
     // LeakSanitizer cannot run under ptrace (an ASan build of the workload would die
     // at exit); leaks are the other tests' business.
@@ -91,10 +128,13 @@ static int run_workload(uint64_t bp_off, bool *hit, char *out, size_t out_size, 
     char opts[1024];
     snprintf(opts, sizeof opts, "%s%sdetect_leaks=0", asan ? asan : "", asan && *asan ? ":" : "");
     setenv("ASAN_OPTIONS", opts, 1);
-    execl(workload, workload, "--index", index_name, list ? "--list" : NULL, (char *)NULL);
+    execl(workload, workload, "--index", index_name, list ? "--list" : window_mode ? "--window-actor" : NULL,
+          (char *)NULL);
     _exit(127);
   }
   close(fds[1]);
+  if (window_mode) close(req[0]), close(done[1]);
+  actor_reply = ACTOR_NOT_ASKED;
   int status;
   waitpid(pid, &status, 0);  // the exec stop
   ptrace(PTRACE_SETOPTIONS, pid, 0, PTRACE_O_TRACECLONE | PTRACE_O_EXITKILL);
@@ -123,6 +163,14 @@ static int run_workload(uint64_t bp_off, bool *hit, char *out, size_t out_size, 
     if (errno || !base) {
       fprintf(stderr, "abortscan: cannot read the workload at %#lx (base %#lx)\n", (unsigned long)addr, (unsigned long)base);
       kill(pid, SIGKILL);
+    } else if (window_mode) {
+      // A hardware execution breakpoint (DR0), on the main thread alone (clones do not
+      // inherit it). Unlike int3 it needs no single step to go on from a hit that is
+      // not taken: the kernel sets the resume flag. A single step from the instruction
+      // that arms rseq_cs would stop the thread at start_ip, inside the section, and
+      // the abort would bring it back to the breakpoint for ever.
+      ptrace(PTRACE_POKEUSER, pid, offsetof(struct user, u_debugreg[0]), addr);
+      ptrace(PTRACE_POKEUSER, pid, offsetof(struct user, u_debugreg[7]), 1L);  // L0, execute, 1 byte
     } else {
       ptrace(PTRACE_POKETEXT, pid, addr, (orig & ~0xffL) | 0xcc);
     }
@@ -147,6 +195,29 @@ static int run_workload(uint64_t bp_off, bool *hit, char *out, size_t out_size, 
     if (sig == SIGTRAP && (status >> 16) == PTRACE_EVENT_CLONE) {
       ptrace(PTRACE_CONT, t, 0, 0);
       continue;
+    }
+    if (sig == SIGTRAP && bp_off && !*hit && window_mode && t == pid) {
+      struct user_regs_struct regs;
+      ptrace(PTRACE_GETREGS, t, 0, &regs);
+      long dr6 = ptrace(PTRACE_PEEKUSER, t, offsetof(struct user, u_debugreg[6]), 0);
+      if (regs.rip == addr && (dr6 & 1)) {
+        ptrace(PTRACE_POKEUSER, t, offsetof(struct user, u_debugreg[6]), 0L);
+        errno = 0;
+        long armed = ptrace(PTRACE_PEEKDATA, t, addr - bp_off + armed_off, 0);
+        if (errno == 0 && (int)armed) {
+          // An armed phase: hold the main thread here while the actor acts.
+          ptrace(PTRACE_POKEUSER, t, offsetof(struct user, u_debugreg[7]), 0L);
+          *hit = true;
+          struct pollfd p = {done[0], POLLIN, 0};
+          char b = 'w';
+          if (write(req[1], &b, 1) == 1) {
+            actor_reply = ACTOR_BLOCKED;
+            if (poll(&p, 1, ACTOR_WAIT_MS) == 1 && read(done[0], &b, 1) == 1) actor_reply = ACTOR_ANSWERED;
+          }
+        }
+        ptrace(PTRACE_CONT, t, 0, 0);  // not armed: on, past the breakpoint (resume flag)
+        continue;
+      }
     }
     if (sig == SIGTRAP && bp_off && !*hit) {
       struct user_regs_struct regs;
@@ -177,6 +248,7 @@ static int run_workload(uint64_t bp_off, bool *hit, char *out, size_t out_size, 
   }
   alarm(0);
   running_pid = 0;
+  if (window_mode) close(req[1]), close(done[0]);
   for (;;) {
     ssize_t n = read(fds[0], out + len, out_size - 1 - len);
     if (n <= 0) break;
@@ -241,6 +313,113 @@ static const char *structure_problem(const cs_insn *insn, size_t count, const st
   return "post_commit_ip is past the disassembled code";
 }
 
+// The window scan (--window; see the top). Returns the number of failures.
+static int window_scan(struct rseq_elf *elf, csh cs, const char *baseline_out, const char *only, FILE *js) {
+  static char out[1 << 20];
+  const char *line = strstr(baseline_out, "WINDOW-ACTORS");
+  if (!line) {
+    printf("abortscan: %s names no window actors (no WINDOW-ACTORS line)\n", workload);
+    return 1;
+  }
+  const char *eol = strchr(line, '\n');
+  size_t line_len = eol ? (size_t)(eol - line) : strlen(line);
+  armed_off = rseq_elf_symbol(elf, "abortscan_window_armed");
+  if (!armed_off) {
+    printf("abortscan: %s has no abortscan_window_armed symbol\n", workload);
+    return 1;
+  }
+  printf("| section | function+offset | instruction | reached? | actor | invariants ok? | verdict |\n");
+  printf("|---|---|---|---|---|---|---|\n");
+  int bad = 0, runs = 0, first_json = 1;
+  for (int s = 0; s < nsections; s++) {
+    struct section *sec = &sections[s];
+    if (only && strcmp(only, sec->name)) continue;
+    char word[80];
+    snprintf(word, sizeof word, " %s", sec->name);
+    const char *w = memmem(line, line_len, word, strlen(word));
+    if (!w || (w[strlen(word)] != ' ' && w[strlen(word)] != '\n')) {
+      printf("| %s | - | - | - | - | - | no window actor in the workload: not scanned |\n", sec->name);
+      continue;
+    }
+    uint64_t fstart = rseq_elf_function_start(elf, sec->start);
+    static uint8_t code[1 << 16];
+    size_t n = sec->start - fstart;
+    if (!fstart || n > sizeof code || rseq_elf_read(elf, fstart, code, n) != 0) {
+      printf("| %s | - | - | - | - | - | FAIL: cannot read the function that holds it |\n", sec->name);
+      bad++;
+      continue;
+    }
+    char fname[160];
+    rseq_elf_describe(elf, fstart, fname, sizeof fname);
+    char *plus = strrchr(fname, '+');
+    if (plus) *plus = 0;
+    cs_insn *insn;
+    size_t count = cs_disasm(cs, code, n, fstart, 0, &insn);
+    int reached = 0, same_index = 0, not_reached = 0;
+    for (size_t k = 0; k < count; k++) {
+      if (window_only_offset >= 0 && insn[k].address - fstart != (uint64_t)window_only_offset) continue;
+      bool hit;
+      int status = run_workload(insn[k].address, &hit, out, sizeof out, false);
+      runs++;
+      bool inv = !hung && WIFEXITED(status) && WEXITSTATUS(status) == 0 && strstr(out, "INVARIANTS OK");
+      long actions = -1, other = -1;
+      const char *a = strstr(out, "WINDOW-ACTOR actions=");
+      if (a) sscanf(a, "WINDOW-ACTOR actions=%ld other-index=%ld", &actions, &other);
+      char text[96];
+      snprintf(text, sizeof text, "%s %s", insn[k].mnemonic, insn[k].op_str);
+      if (!hit) {
+        not_reached++;
+        // Not on the armed path (another branch, or code before the phase's arming):
+        // counted, listed in the JSON; a failure only if the run itself failed.
+        if (!inv) {
+          printf("| %s | %s+%lu | `%s` | not reached | - | NO | FAIL: the run failed without a stop |\n", sec->name,
+                 fname, (unsigned long)(insn[k].address - fstart), text);
+          bad++;
+        }
+      } else {
+        reached++;
+        char no_act[96];
+        snprintf(no_act, sizeof no_act, "DID NOT ACT (%ld actions; %s)", actions,
+                 actor_reply == ACTOR_ANSWERED ? "it answered" : "no answer in " RSEQ_STR_S(ACTOR_WAIT_MS) " ms");
+        const char *actor = actions != 1                      ? no_act
+                            : other != 0                      ? "acted, on another index"
+                            : actor_reply == ACTOR_BLOCKED    ? "acted, after the thread went on (lock held)"
+                                                              : "acted";
+        if (actions == 1 && other == 0) same_index++;
+        bool ok = inv && actions == 1;
+        printf("| %s | %s+%lu | `%s` | yes | %s | %s | %s |\n", sec->name, fname,
+               (unsigned long)(insn[k].address - fstart), text, actor,
+               hung ? "HUNG (killed after " RSEQ_STR_S(RUN_TIMEOUT_S) " s)" : inv ? "yes" : "NO", ok ? "ok" : "FAIL");
+        if (!ok) {
+          bad++;
+          const char *f = strstr(out, "INVARIANT FAILED");
+          if (f) printf("    %.*s\n", (int)(strcspn(f, "\n")), f);
+          printf("    reproduce: abortscan --workload %s --window --index %s --section %s --offset %lu\n", workload,
+                 index_name, sec->name, (unsigned long)(insn[k].address - fstart));
+        }
+      }
+      if (js)
+        fprintf(js,
+                "%s\n {\"section\": \"%s\", \"function\": \"%s\", \"offset\": %lu, \"instruction\": \"%s\", "
+                "\"reached\": %s, \"actor_acted\": %s, \"actor_same_index\": %s, \"invariants_ok\": %s}",
+                first_json ? "" : ",", sec->name, fname, (unsigned long)(insn[k].address - fstart), text,
+                hit ? "true" : "false", hit && actions == 1 ? "true" : "false",
+                hit && actions == 1 && other == 0 ? "true" : "false", inv ? "true" : "false");
+      first_json = 0;
+    }
+    cs_free(insn, count);
+    const char *verdict = !reached      ? "FAIL: the window was never reached"
+                          : !same_index ? "FAIL: the actor never ran on the stopped thread's index"
+                                        : "ok";
+    if (strcmp(verdict, "ok")) bad++;
+    printf("| %s | %s | window of %zu instructions | %d reached, %d not | actor on the same index in %d | - | %s |\n",
+           sec->name, fname, count, reached, not_reached, same_index, verdict);
+  }
+  printf("\nabortscan --window: %d runs over the windows of the actor's sections (index %s): %d failed\n", runs,
+         index_name, bad);
+  return bad;
+}
+
 int main(int argc, char **argv) {
   for (int i = 1; i < argc && strcmp(argv[i], "--"); i++)
     if (!strcmp(argv[i], "--object")) return abortscan_object_main(argc, argv);
@@ -252,8 +431,11 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
     else if (!strcmp(argv[i], "--section") && i + 1 < argc) only = argv[++i];
     else if (!strcmp(argv[i], "--expect-broken")) expect_broken = true;
+    else if (!strcmp(argv[i], "--window")) window_mode = true;
+    else if (!strcmp(argv[i], "--offset") && i + 1 < argc) window_only_offset = atol(argv[++i]);
     else {
-      fprintf(stderr, "usage: %s --workload BIN [--index cpu|cid] [--json FILE] [--section NAME] [--expect-broken]\n", argv[0]);
+      fprintf(stderr, "usage: %s --workload BIN [--index cpu|cid] [--json FILE] [--section NAME] [--expect-broken]\n"
+                      "       %s --workload BIN --window [--index cpu|cid] [--json FILE] [--section NAME [--offset N]]\n", argv[0], argv[0]);
       return 2;
     }
   }
@@ -298,6 +480,16 @@ int main(int argc, char **argv) {
   }
   FILE *js = json_path ? fopen(json_path, "w") : NULL;
   if (js) fprintf(js, "{\"workload\": \"%s\", \"index\": \"%s\", \"results\": [", workload, index_name);
+  if (window_mode) {
+    int wbad = window_scan(&elf, cs, out, only, js);
+    if (js) {
+      fprintf(js, "\n]}\n");
+      fclose(js);
+    }
+    cs_close(&cs);
+    rseq_elf_close(&elf);
+    return wbad ? 1 : 0;
+  }
   printf("| section | offset | instruction | aborted? | retry committed once? | invariants ok? | verdict |\n");
   printf("|---|---|---|---|---|---|---|\n");
   int total = 0, bad = 0, first_json = 1;

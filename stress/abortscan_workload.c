@@ -3,12 +3,28 @@
 // allocator, the try-store sections through the ring), retrying aborted sections as
 // their users do, and then checks its own invariants exactly. abortscan runs it under
 // ptrace with one forced abort at a chosen instruction.
-//   abortscan_workload [--index cpu|cid] [--list]
+//   abortscan_workload [--index cpu|cid] [--list] [--window-actor]
 // Prints the registry (with per-section counters) as one JSON line starting with
 // "REGISTRY ", then "INVARIANTS OK" and exits 0, or "INVARIANT FAILED: ..." and exits 1.
+//
+// --window-actor (abortscan --window): a second thread, the actor, pinned to the same
+// CPU, waits on fd 3. Each byte abortscan writes there while it holds the main thread
+// stopped before a section makes the actor change the per-CPU state that section
+// depends on, on the CPU (or cid) the main thread read: push onto its list or stack,
+// add to its counter, append to its log, take blocks from its allocator cache and
+// drain every cache. It answers with a byte on fd 4. Every invariant below counts the
+// actor's changes in, so they must hold exactly however the two interleave; a section
+// that used a value read before start_ip (stale after the actor ran) breaks them.
+// The phases the actor covers set abortscan_window_armed: abortscan stops the main
+// thread only while it is set. "WINDOW-ACTORS" names the sections they contain.
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "allocator/ccache.h"
 #include "ring/ring.h"
@@ -27,145 +43,341 @@ static int failures;
     }                                      \
   } while (0)
 
-static int cpu(void) { return rseq_current_index(idx); }
+// The main thread's last index read, for the actor to compare with its own (relaxed:
+// the main thread is stopped by ptrace whenever the actor reads it).
+static _Atomic int main_index = -1;
+
+static int cpu(void) {
+  int c = rseq_current_index(idx);
+  atomic_store_explicit(&main_index, c, memory_order_relaxed);
+  return c;
+}
+
+// ---- The window actor (see the top of the file).
+// abortscan reads this with PTRACE_PEEKDATA at a stop: volatile, and exported.
+volatile int abortscan_window_armed __attribute__((used, visibility("default")));
+static const char *const window_sections[] = {
+    "rseq_addv", "rseq_offset_deref_addv", "rseq_cmpeqv_storev", "rseq_cmpeqv_trystorev_storev",
+    "rseq_cmpeqv_trymemcpy_storev", "rseq_cmpnev_storeoffp_load", "rseq_percpu_stack_push",
+    "rseq_percpu_stack_pop", "ccache_malloc_pop", "ccache_free_push", "ccache_refill_push",
+    "ccache_overflow_pop"};
+// What the actor does in the current phase, on its own index (seq_cst: paired with
+// actor_busy in window_quiesce, a Dekker handshake).
+static void (*_Atomic actor_action)(int c);
+static _Atomic int actor_busy;
+static _Atomic long actor_actions, actor_other_index;
+static bool window_actor;
+
+static int actor_stop[2];  // the main thread writes to [1] when it is done
+
+static _Atomic int actor_ready;
+
+static void *actor_main(void *arg) {
+  (void)arg;
+  char b;
+  atomic_store(&actor_ready, 1);
+  for (;;) {
+    struct pollfd p[2] = {{3, POLLIN, 0}, {actor_stop[0], POLLIN, 0}};
+    if (poll(p, 2, -1) < 0 || p[1].revents || read(3, &b, 1) != 1) break;
+    atomic_store(&actor_busy, 1);
+    void (*action)(int) = atomic_load(&actor_action);
+    int c = rseq_current_index(idx);
+    if (action) {
+      if (c != atomic_load_explicit(&main_index, memory_order_relaxed)) atomic_fetch_add(&actor_other_index, 1);
+      action(c);
+      atomic_fetch_add(&actor_actions, 1);
+    }
+    atomic_store(&actor_busy, 0);
+    if (write(4, &b, 1) != 1) break;
+  }
+  return NULL;
+}
+
+// Arms the window for a phase whose sections `action` disturbs.
+static void window_arm(void (*action)(int)) {
+  atomic_store(&actor_action, action);
+  abortscan_window_armed = 1;
+}
+
+// Disarms, and waits until the actor is not in the middle of an action (it may have
+// been blocked on a lock the stopped main thread held), so that the checks that follow
+// see all its changes.
+static void window_quiesce(void) {
+  abortscan_window_armed = 0;
+  atomic_store(&actor_action, NULL);
+  while (atomic_load(&actor_busy)) sched_yield();
+}
 
 struct node {
   long id;
   intptr_t next;
 };
 
+// The primitives' per-CPU data (indexed by the index value, & 1023), shared with the
+// actor's actions.
+static intptr_t sums[1024], base_sums[1024], deref_base, word[1024];
+static intptr_t count[1024], items[1024][64], rcount[1024];
+static unsigned char records[1024][64][24];
+static struct rseq_list lists[1024] __attribute__((aligned(16)));
+struct stack_region {  // the layout rseq_percpu_stack_* take: stopped, count, capacity
+  intptr_t stopped, count, capacity;
+  intptr_t slots[32];
+};
+static struct stack_region stacks[1024];
+static const long count_off = offsetof(struct stack_region, count),
+                  slots_off = offsetof(struct stack_region, slots);
+// What the actor added (it alone writes these; read after window_quiesce).
+static long actor_adds, actor_derefs, actor_incs, actor_logs, actor_pushes, actor_stack_pushes;
+#define ACTOR_MAX 64  // actions per phase the actor's pools hold
+
+// The actor's actions: each retries on abort as the main thread does, re-reading its
+// index, and records what it added.
+static void act_addv(int c) {
+  while (rseq_addv(idx, &sums[c & 1023], 1, c) != RSEQ_COMMIT) c = rseq_current_index(idx);
+  actor_adds++;
+}
+static void act_deref(int c) {
+  while (rseq_offset_deref_addv(idx, &deref_base, (c & 1023) * (long)sizeof(intptr_t), 2, c) != RSEQ_COMMIT)
+    c = rseq_current_index(idx);
+  actor_derefs++;
+}
+static void act_word(int c) {
+  for (;; c = rseq_current_index(idx)) {
+    intptr_t v = word[c & 1023];
+    if (rseq_cmpeqv_storev(idx, &word[c & 1023], v, v + 1, c) == RSEQ_COMMIT) break;
+  }
+  actor_incs++;
+}
+// Log entries 2000 + k and records whose first byte is 100 + k.
+static void act_logs(int c) {
+  if (actor_logs >= ACTOR_MAX) return;
+  for (;; c = rseq_current_index(idx)) {
+    intptr_t n = count[c & 1023];
+    if (n >= 64) return;
+    if (rseq_cmpeqv_trystorev_storev(idx, &count[c & 1023], n, &items[c & 1023][n], 2000 + actor_logs, n + 1, c) ==
+        RSEQ_COMMIT)
+      break;
+  }
+  unsigned char rec[24];
+  for (int k = 0; k < 24; k++) rec[k] = (unsigned char)(100 + actor_logs + k);
+  for (;; c = rseq_current_index(idx)) {
+    intptr_t n = rcount[c & 1023];
+    if (n >= 64) break;
+    if (rseq_cmpeqv_trymemcpy_storev(idx, &rcount[c & 1023], n, records[c & 1023][n], rec, 21, n + 1, c) ==
+        RSEQ_COMMIT)
+      break;
+  }
+  actor_logs++;
+}
+static struct node actor_nodes[ACTOR_MAX];
+static void act_list(int c) {
+  if (actor_pushes >= ACTOR_MAX) return;
+  struct rseq_percpu_mode m = {RSEQ_MODE_RSEQ, idx};
+  struct node *n = &actor_nodes[actor_pushes];
+  n->id = 100 + actor_pushes;
+  while (rseq_list_push(&m, &lists[c & 1023], (intptr_t)n, offsetof(struct node, next), c) != RSEQ_COMMIT)
+    c = rseq_current_index(idx);
+  actor_pushes++;
+}
+// Items 100 + k; a full stack (capacity 32) takes nothing.
+static void act_stack(int c) {
+  if (actor_stack_pushes >= ACTOR_MAX) return;
+  for (;; c = rseq_current_index(idx)) {
+    int r = rseq_percpu_stack_push(idx, (char *)stacks, sizeof *stacks, count_off, slots_off,
+                                   100 + actor_stack_pushes, c);
+    if (r == RSEQ_COMMIT) break;
+    if (r == RSEQ_CMPFAIL) return;
+  }
+  actor_stack_pushes++;
+}
+
 static void primitives(void) {
-  static intptr_t sums[1024], base_sums[1024];
-  intptr_t deref_base = (intptr_t)base_sums;
+  intptr_t deref_check = 0;
+  deref_base = (intptr_t)base_sums;
   int adds = 0;
+  window_arm(act_addv);
   for (int i = 0; i < 50; i++, adds++)
     while (rseq_addv(idx, &sums[cpu() & 1023], 1, cpu()) != RSEQ_COMMIT) {
     }
+  window_arm(act_deref);
   for (int i = 0; i < 50; i++)
     for (;;) {
       int c = cpu();
-      if (rseq_offset_deref_addv(idx, &deref_base, c * (long)sizeof(intptr_t), 2, c) == RSEQ_COMMIT) break;
+      if (rseq_offset_deref_addv(idx, &deref_base, (c & 1023) * (long)sizeof(intptr_t), 2, c) == RSEQ_COMMIT) break;
     }
-  intptr_t total = 0, dtotal = 0;
+  window_quiesce();
+  intptr_t total = 0;
   for (int c = 0; c < 1024; c++) {
     total += sums[c];
-    dtotal += base_sums[c];
+    deref_check += base_sums[c];
   }
-  EXPECT(total == adds, "addv: sum %ld, %d adds committed", (long)total, adds);
-  EXPECT(dtotal == 100, "offset_deref_addv: sum %ld, want 100", (long)dtotal);
+  EXPECT(total == adds + actor_adds, "addv: sum %ld, %d adds committed (%ld by the actor)", (long)total, adds,
+         actor_adds);
+  EXPECT(deref_check == 100 + 2 * actor_derefs, "offset_deref_addv: sum %ld, want %ld", (long)deref_check,
+         100 + 2 * actor_derefs);
 
   // cmpeqv_storev: a counter advanced by compare-and-store.
-  static intptr_t word[1024];
+  window_arm(act_word);
   for (int i = 0; i < 50; i++)
     for (;;) {
       int c = cpu();
-      intptr_t v = word[c];
-      if (rseq_cmpeqv_storev(idx, &word[c], v, v + 1, c) == RSEQ_COMMIT) break;
+      intptr_t v = word[c & 1023];
+      if (rseq_cmpeqv_storev(idx, &word[c & 1023], v, v + 1, c) == RSEQ_COMMIT) break;
     }
+  window_quiesce();
   total = 0;
   for (int c = 0; c < 1024; c++) total += word[c];
-  EXPECT(total == 50, "cmpeqv_storev: %ld increments, want 50", (long)total);
+  EXPECT(total == 50 + actor_incs, "cmpeqv_storev: %ld increments, want %ld", (long)total, 50 + actor_incs);
 
   // trystorev_storev and trymemcpy_storev: per-CPU logs; each entry exactly once.
-  static intptr_t count[1024], items[1024][64], rcount[1024];
-  static unsigned char records[1024][64][24];
+  window_arm(act_logs);
   for (int i = 0; i < 50; i++) {
     for (;;) {
       int c = cpu();
-      intptr_t n = count[c];
-      if (rseq_cmpeqv_trystorev_storev(idx, &count[c], n, &items[c][n], 1000 + i, n + 1, c) == RSEQ_COMMIT) break;
+      intptr_t n = count[c & 1023];
+      if (rseq_cmpeqv_trystorev_storev(idx, &count[c & 1023], n, &items[c & 1023][n], 1000 + i, n + 1, c) ==
+          RSEQ_COMMIT)
+        break;
     }
     unsigned char rec[24];
     for (int k = 0; k < 24; k++) rec[k] = (unsigned char)(i + k);
     for (;;) {
       int c = cpu();
-      intptr_t n = rcount[c];
+      intptr_t n = rcount[c & 1023];
       // 21 bytes: the copy runs both its 8-byte loop and its byte tail.
-      if (rseq_cmpeqv_trymemcpy_storev(idx, &rcount[c], n, records[c][n], rec, 21, n + 1, c) == RSEQ_COMMIT) break;
+      if (rseq_cmpeqv_trymemcpy_storev(idx, &rcount[c & 1023], n, records[c & 1023][n], rec, 21, n + 1, c) ==
+          RSEQ_COMMIT)
+        break;
     }
   }
-  int seen[50] = {0}, rseen[50] = {0};
+  window_quiesce();
+  int seen[50 + ACTOR_MAX] = {0}, rseen[100 + ACTOR_MAX] = {0};
   for (int c = 0; c < 1024; c++) {
     for (intptr_t k = 0; k < count[c]; k++) {
-      intptr_t v = items[c][k] - 1000;
-      EXPECT(v >= 0 && v < 50 && !seen[v], "trystorev log: bad or duplicate entry %ld", (long)items[c][k]);
-      if (v >= 0 && v < 50) seen[v]++;
+      intptr_t v = items[c][k] >= 2000 ? items[c][k] - 2000 + 50 : items[c][k] - 1000;
+      EXPECT(v >= 0 && v < 50 + actor_logs && !seen[v], "trystorev log: bad or duplicate entry %ld",
+             (long)items[c][k]);
+      if (v >= 0 && v < 50 + actor_logs) seen[v]++;
     }
     for (intptr_t k = 0; k < rcount[c]; k++) {
       unsigned char *r = records[c][k];
       for (int j = 1; j < 21; j++) EXPECT(r[j] == (unsigned char)(r[0] + j), "trymemcpy: record torn");
-      EXPECT(r[0] < 50 && !rseen[r[0]], "trymemcpy: duplicate record %u", r[0]);
-      if (r[0] < 50) rseen[r[0]]++;
+      bool ok = r[0] < 50 || (r[0] >= 100 && r[0] < 100 + actor_logs);
+      EXPECT(ok && !rseen[r[0]], "trymemcpy: bad or duplicate record %u", r[0]);
+      if (ok) rseen[r[0]]++;
     }
   }
   for (int i = 0; i < 50; i++) EXPECT(seen[i] == 1 && rseen[i] == 1, "log entry %d missing", i);
+  for (int k = 0; k < actor_logs; k++)
+    EXPECT(seen[50 + k] == 1 && rseen[100 + k] == 1, "the actor's log entry %d missing", k);
 
-  // Lists: push 20 nodes, pop them all; each exactly once.
-  static struct rseq_list lists[1024] __attribute__((aligned(16)));
+  // Lists: push 20 nodes, pop them all (and the actor's); each exactly once.
   static struct node nodes[20];
   struct rseq_percpu_mode m = {RSEQ_MODE_RSEQ, idx};
+  window_arm(act_list);
   for (int k = 0; k < 20; k++) {
     nodes[k].id = k;
     for (;;) {
       int c = cpu();
-      if (rseq_list_push(&m, &lists[c], (intptr_t)&nodes[k], offsetof(struct node, next), c) == RSEQ_COMMIT) break;
+      if (rseq_list_push(&m, &lists[c & 1023], (intptr_t)&nodes[k], offsetof(struct node, next), c) == RSEQ_COMMIT)
+        break;
     }
   }
-  int popped[20] = {0}, npopped = 0;
+  int popped[100 + ACTOR_MAX] = {0}, npopped = 0;
   for (int c = 0; c < 1024; c++) {
     // Pop each CPU's list from that CPU's data; the section checks the CPU, so pin by
     // retrying until we run there (only CPUs that hold nodes matter).
     while (lists[c].head) {
       intptr_t got;
       int now = cpu();
-      if (now != c) {
-        // Not on c: take the node directly, single-threaded and outside any section.
+      if ((now & 1023) != c) {
+        // Not on c: take the node directly, outside any section (the actor pushes only
+        // onto the list of the index it runs on, which is the main thread's).
         got = lists[c].head;
         lists[c].head = ((struct node *)got)->next;
-      } else if (rseq_list_pop(&m, &lists[c], offsetof(struct node, next), &got, c) != RSEQ_COMMIT) {
+      } else if (rseq_list_pop(&m, &lists[c], offsetof(struct node, next), &got, now) != RSEQ_COMMIT) {
         continue;
       }
       long id = ((struct node *)got)->id;
-      EXPECT(id >= 0 && id < 20 && !popped[id], "list: node %ld twice", id);
-      if (id >= 0 && id < 20) popped[id] = 1;
+      bool ok = (id >= 0 && id < 20) || (id >= 100 && id < 100 + ACTOR_MAX);
+      EXPECT(ok && !popped[id], "list: node %ld twice or bad", id);
+      if (ok) popped[id] = 1;
       npopped++;
     }
   }
-  EXPECT(npopped == 20, "lists held %d of 20 nodes", npopped);
+  window_quiesce();
+  for (int c = 0; c < 1024; c++)  // nodes the actor pushed after the pop loop passed c
+    for (intptr_t got = lists[c].head; got; got = ((struct node *)got)->next) {
+      long id = ((struct node *)got)->id;
+      bool ok = id >= 100 && id < 100 + ACTOR_MAX;
+      EXPECT(ok && !popped[id], "list: node %ld twice or bad", id);
+      if (ok) popped[id] = 1;
+      npopped++;
+    }
+  EXPECT(npopped == 20 + actor_pushes, "lists held %d of %ld nodes", npopped, 20 + actor_pushes);
 
   // Per-CPU array stacks (the generic primitive; the allocator has its own slab
   // sections): push 20 items, pop them all; each exactly once.
-  struct stack_region {  // the layout rseq_percpu_stack_* take: stopped, count, capacity
-    intptr_t stopped, count, capacity;
-    intptr_t slots[32];
-  };
-  static struct stack_region stacks[1024];
   for (int c = 0; c < 1024; c++) stacks[c].capacity = 32;
-  long count_off = offsetof(struct stack_region, count), slots_off = offsetof(struct stack_region, slots);
+  window_arm(act_stack);
   for (intptr_t k = 1; k <= 20; k++)
     for (;;) {
       int c = cpu();
       if (rseq_percpu_stack_push(idx, (char *)stacks, sizeof *stacks, count_off, slots_off, k, c) == RSEQ_COMMIT) break;
     }
-  int spopped[21] = {0}, nspopped = 0;
+  int spopped[100 + ACTOR_MAX] = {0}, nspopped = 0;
   for (;;) {
     int c = cpu();
     intptr_t got;
     int r = rseq_percpu_stack_pop(idx, (char *)stacks, sizeof *stacks, count_off, slots_off, &got, c);
     if (r == RSEQ_ABORT) continue;
     if (r == RSEQ_CMPFAIL) break;  // this CPU's stack is empty: the rest is checked below
-    EXPECT(got >= 1 && got <= 20 && !spopped[got], "percpu stack: item %ld twice or bad", (long)got);
-    if (got >= 1 && got <= 20) spopped[got] = 1;
+    bool ok = (got >= 1 && got <= 20) || (got >= 100 && got < 100 + ACTOR_MAX);
+    EXPECT(ok && !spopped[got], "percpu stack: item %ld twice or bad", (long)got);
+    if (ok) spopped[got] = 1;
     nspopped++;
   }
+  window_quiesce();
   for (int c = 0; c < 1024; c++)  // items left on other CPUs' stacks (after a migration)
     for (intptr_t k = 0; k < stacks[c].count; k++) {
       intptr_t got = stacks[c].slots[k];
-      EXPECT(got >= 1 && got <= 20 && !spopped[got], "percpu stack: item %ld twice or bad", (long)got);
-      if (got >= 1 && got <= 20) spopped[got] = 1;
+      bool ok = (got >= 1 && got <= 20) || (got >= 100 && got < 100 + ACTOR_MAX);
+      EXPECT(ok && !spopped[got], "percpu stack: item %ld twice or bad", (long)got);
+      if (ok) spopped[got] = 1;
       nspopped++;
     }
-  EXPECT(nspopped == 20, "percpu stacks held %d of 20 items", nspopped);
+  EXPECT(nspopped == 20 + actor_stack_pushes, "percpu stacks held %d of %ld items", nspopped,
+         20 + actor_stack_pushes);
+}
+
+// The allocator's actor: takes three 48-byte blocks from the cache of the index it
+// runs on (the main thread's), fills them with 0xa5 and keeps them; every second
+// action then drains every CPU cache (the remote drain: stop, fence, take, restore).
+static struct ccache_heap *actor_heap;
+static unsigned char *actor_blocks[3 * ACTOR_MAX];
+static _Atomic int nactor_blocks;  // release/acquire: publishes actor_blocks[i] and its bytes
+static long actor_drains;
+static void act_alloc(int c) {
+  (void)c;  // ccache_malloc reads the index itself
+  int n = atomic_load_explicit(&nactor_blocks, memory_order_relaxed);
+  for (int k = 0; k < 3 && n < 3 * ACTOR_MAX; k++, n++) {
+    unsigned char *p = ccache_malloc(actor_heap, 48);
+    if (!p) break;
+    memset(p, 0xa5, 48);
+    actor_blocks[n] = p;
+    atomic_store_explicit(&nactor_blocks, n + 1, memory_order_release);
+  }
+  if (atomic_load(&actor_actions) % 2 == 1) {
+    ccache_drain_all(actor_heap);
+    actor_drains++;
+  }
+}
+
+static bool actor_holds(const void *p) {
+  int n = atomic_load_explicit(&nactor_blocks, memory_order_acquire);
+  for (int k = 0; k < n; k++)
+    if (actor_blocks[k] == p) return true;
+  return false;
 }
 
 static void allocator(void) {
@@ -176,11 +388,15 @@ static void allocator(void) {
   struct ccache_heap *h = ccache_heap_create(&o);
   EXPECT(h != NULL, "heap creation failed");
   if (!h) return;
+  actor_heap = h;
   unsigned char *p[100];
   for (int round = 0; round < 3; round++) {
+    // From the second round on the caches hold blocks: the actor has something to take.
+    if (round == 1) window_arm(act_alloc);
     for (int i = 0; i < 100; i++) {
       p[i] = ccache_malloc(h, 48);
       EXPECT(p[i] != NULL, "malloc failed");
+      EXPECT(!actor_holds(p[i]), "round %d: malloc returned %p, a block the actor holds", round, (void *)p[i]);
       memset(p[i], i, 48);
     }
     for (int i = 0; i < 100; i++)
@@ -189,6 +405,12 @@ static void allocator(void) {
       for (int k = 0; k < 48; k++) EXPECT(p[i][k] == i, "block %d corrupted", i);
       ccache_free(h, p[i]);
     }
+  }
+  window_quiesce();
+  int n = atomic_load_explicit(&nactor_blocks, memory_order_acquire);
+  for (int k = 0; k < n; k++) {
+    for (int j = 0; j < 48; j++) EXPECT(actor_blocks[k][j] == 0xa5, "the actor's block %p corrupted", (void *)actor_blocks[k]);
+    ccache_free(h, actor_blocks[k]);
   }
   EXPECT(ccache_check_heap(h) == 0, "heap invariants");
   struct ccache_stats st;
@@ -295,6 +517,7 @@ int main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--index") && i + 1 < argc) idx = (enum rseq_index)rseq_index_parse(argv[++i]);
     else if (!strcmp(argv[i], "--list")) list = 1;
+    else if (!strcmp(argv[i], "--window-actor")) window_actor = true;
   }
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (!rseq_available()) {
@@ -302,11 +525,29 @@ int main(int argc, char **argv) {
     return 0;
   }
   pin_to_first_allowed_cpu();  // deterministic section counts (see pin.h)
+  pthread_t actor;
+  // Created after the pin: the actor runs on the main thread's CPU.
+  if (window_actor && (pipe(actor_stop) != 0 || pthread_create(&actor, NULL, actor_main, NULL) != 0)) {
+    printf("INVARIANT FAILED: cannot start the window actor\n");
+    return 1;
+  }
+  // Under ptrace a new thread starts stopped until the tracer lets it go: wait until the
+  // actor runs, or the first request could find it still stopped.
+  while (window_actor && !atomic_load(&actor_ready)) sched_yield();
   if (!list) {
     primitives();
     allocator();
     ring();
     leftovers();
+  }
+  printf("WINDOW-ACTORS");
+  for (size_t k = 0; k < sizeof window_sections / sizeof *window_sections; k++) printf(" %s", window_sections[k]);
+  printf("\n");
+  if (window_actor) {
+    // Closing fd 3 would not wake a read blocked on it: the actor polls a pipe of ours too.
+    if (write(actor_stop[1], "x", 1) != 1 || pthread_join(actor, NULL) != 0) failures++;
+    printf("WINDOW-ACTOR actions=%ld other-index=%ld drains=%ld\n", atomic_load(&actor_actions),
+           atomic_load(&actor_other_index), actor_drains);
   }
   printf("REGISTRY ");
   rseq_registry_dump_json(stdout);

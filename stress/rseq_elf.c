@@ -177,10 +177,20 @@ uint64_t rseq_elf_symbol(const struct rseq_elf *e, const char *name) {
   return 0;
 }
 
-void rseq_elf_describe(const struct rseq_elf *e, uint64_t vaddr, char *out, size_t size) {
+static const struct rseq_elf_symbol *function_of(const struct rseq_elf *e, uint64_t vaddr) {
   const struct rseq_elf_symbol *best = NULL;
   for (size_t i = 0; i < e->nsymbols && e->symbols[i].value <= vaddr; i++)
     if (vaddr < e->symbols[i].value + (e->symbols[i].size ? e->symbols[i].size : 1)) best = &e->symbols[i];
+  return best;
+}
+
+uint64_t rseq_elf_function_start(const struct rseq_elf *e, uint64_t vaddr) {
+  const struct rseq_elf_symbol *f = function_of(e, vaddr);
+  return f ? f->value : 0;
+}
+
+void rseq_elf_describe(const struct rseq_elf *e, uint64_t vaddr, char *out, size_t size) {
+  const struct rseq_elf_symbol *best = function_of(e, vaddr);
   if (best)
     snprintf(out, size, "%s+%#lx", best->name, (unsigned long)(vaddr - best->value));
   else

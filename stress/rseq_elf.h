@@ -65,6 +65,8 @@ int rseq_elf_read(const struct rseq_elf *e, uint64_t vaddr, void *buf, size_t n)
 bool rseq_elf_executable(const struct rseq_elf *e, uint64_t vaddr, size_t n);
 // "function+0xoff" for the function symbol that holds vaddr, else "0x<vaddr>".
 void rseq_elf_describe(const struct rseq_elf *e, uint64_t vaddr, char *out, size_t size);
+// The entry of the function symbol that holds vaddr; 0 if none does.
+uint64_t rseq_elf_function_start(const struct rseq_elf *e, uint64_t vaddr);
 // The value of the defined symbol `name` (any type; .symtab, then .dynsym); 0 if none.
 uint64_t rseq_elf_symbol(const struct rseq_elf *e, const char *name);
 // The link-time address that the mapping at file offset 0 corresponds to (the first
