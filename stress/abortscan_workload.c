@@ -60,7 +60,7 @@ static const char *const window_sections[] = {
     "rseq_addv", "rseq_offset_deref_addv", "rseq_cmpeqv_storev", "rseq_cmpeqv_trystorev_storev",
     "rseq_cmpeqv_trymemcpy_storev", "rseq_cmpnev_storeoffp_load", "rseq_percpu_stack_push",
     "rseq_percpu_stack_pop", "ccache_malloc_pop", "ccache_free_push", "ccache_refill_push",
-    "ccache_overflow_pop"};
+    "ccache_overflow_pop", "ring_offer", "ring_offer_batch", "ring_offer_record"};
 // What the actor does in the current phase, on its own index (seq_cst: paired with
 // actor_busy in window_quiesce, a Dekker handshake).
 static void (*_Atomic actor_action)(int c);
@@ -453,24 +453,73 @@ static void leftovers(void) {
   ring_destroy(r);
 }
 
+// The ring's actor: one offer into the ring in use, on the shard of the index it runs
+// on (the main thread's): pointers ACTOR_ITEM + k, or 21-byte records 200 + k, 201 +
+// k, ... (the same "each byte one more than the first" shape the torn-record check
+// reads). Only the main thread polls.
+#define ACTOR_ITEM ((uintptr_t)1 << 40)
+static struct ring *_Atomic actor_ring;
+static bool actor_ring_records;
+static long actor_ring_offers;  // offers that went in, since the ring was set
+static void act_ring(int c) {
+  (void)c;  // the offer reads the index itself
+  struct ring *r = atomic_load(&actor_ring);
+  if (actor_ring_records) {
+    unsigned char rec[21];
+    for (int k = 0; k < 21; k++) rec[k] = (unsigned char)(200 + actor_ring_offers + k);
+    if (actor_ring_offers < 50 && ring_offer_record(r, rec) == RING_OK) actor_ring_offers++;
+  } else if (ring_offer(r, (void *)(ACTOR_ITEM + (uintptr_t)actor_ring_offers + 1)) == RING_OK) {
+    actor_ring_offers++;
+  }
+}
+
+static void ring_set_actor(struct ring *r, bool records) {
+  window_quiesce();
+  atomic_store(&actor_ring, r);
+  actor_ring_records = records;
+  actor_ring_offers = 0;
+  if (r) window_arm(act_ring);
+}
+
+// Polls r until it is empty: the main thread's items (FIFO per shard, above `floor`)
+// and the actor's (FIFO among themselves); returns how many of the main's.
+static int drain_ring(struct ring *r, uintptr_t floor, const char *what) {
+  uintptr_t last[1024] = {0}, actor_last = 0;
+  int got = 0, shard;
+  long actor_got = 0;
+  void *item;
+  while (ring_poll_shard(r, &item, &shard) == RING_OK) {
+    uintptr_t v = (uintptr_t)item;
+    if (v > ACTOR_ITEM) {
+      EXPECT(v > actor_last, "%s: the actor's items out of order (%lu after %lu)", what,
+             (unsigned long)(v - ACTOR_ITEM), (unsigned long)(actor_last ? actor_last - ACTOR_ITEM : 0));
+      actor_last = v;
+      actor_got++;
+      continue;
+    }
+    EXPECT(v >= floor && v > last[shard & 1023], "%s: FIFO broken or duplicate %lu", what, (unsigned long)v);
+    last[shard & 1023] = v;
+    got++;
+  }
+  window_quiesce();  // the actor acts only while the main thread is held: done by now
+  EXPECT(actor_got == actor_ring_offers, "%s: %ld of the actor's %ld items polled", what, actor_got,
+         actor_ring_offers);
+  return got;
+}
+
 static void ring(void) {
   struct ring_options o = {RSEQ_MODE_RSEQ, idx, 0, 0};
   struct ring *r = ring_create(64, &o);
   EXPECT(r != NULL, "ring creation failed");
   if (!r) return;
+  ring_set_actor(r, false);
   for (uintptr_t i = 1; i <= 40; i++) EXPECT(ring_offer(r, (void *)i) == RING_OK, "offer %lu", (unsigned long)i);
-  uintptr_t last[1024] = {0};
-  int got = 0, shard;
-  void *item;
-  while (ring_poll_shard(r, &item, &shard) == RING_OK) {
-    EXPECT((uintptr_t)item > last[shard], "ring: FIFO broken or duplicate %lu", (unsigned long)(uintptr_t)item);
-    last[shard] = (uintptr_t)item;
-    got++;
-  }
+  int got = drain_ring(r, 1, "ring");
   EXPECT(got == 40, "ring: %d of 40 items", got);
   // Batch offers: ten runs of 5, then a run of 20 of which exactly 14 fit (the shard
   // holds 64), then a full shard; the slots wrap around. The consumer must see
-  // 41..104, each once, in order per shard.
+  // 41..104, each once, in order per shard (and the actor's items).
+  ring_set_actor(r, false);
   void *batch[20];
   uintptr_t next = 41;
   size_t offered = 0;
@@ -482,33 +531,36 @@ static void ring(void) {
     next += done;
     offered += done;
   }
-  // One thread on one CPU (abortscan pins it): all of it went to one shard.
-  EXPECT(cpu() != c0 || offered == 64, "batch offers: %zu of 64 fitted", offered);
+  window_quiesce();
+  // One thread on one CPU (abortscan pins it, and the actor runs there too): all of it
+  // went to one shard, which the actor's offers share.
+  EXPECT(cpu() != c0 || (long)offered + actor_ring_offers == 64, "batch offers: %zu of 64 fitted (%ld by the actor)",
+         offered, actor_ring_offers);
   EXPECT(cpu() != c0 || ring_offer(r, (void *)1) == RING_FULL, "offer into a full shard");
-  memset(last, 0, sizeof last);
-  got = 0;
-  while (ring_poll_shard(r, &item, &shard) == RING_OK) {
-    EXPECT((uintptr_t)item >= 41 && (uintptr_t)item > last[shard],
-           "batch ring: FIFO broken or duplicate %lu", (unsigned long)(uintptr_t)item);
-    last[shard] = (uintptr_t)item;
-    got++;
-  }
+  got = drain_ring(r, 41, "batch ring");
   EXPECT((size_t)got == offered, "batch ring: %d of %zu items", got, offered);
+  ring_set_actor(NULL, false);
   ring_destroy(r);
   // Records of 21 bytes: the section copies two words and five bytes.
   struct ring_options ro = {RSEQ_MODE_RSEQ, idx, 21, 0};
   r = ring_create(64, &ro);
+  ring_set_actor(r, true);
   unsigned char rec[21], out[21];
   for (int i = 0; i < 40; i++) {
     for (int k = 0; k < 21; k++) rec[k] = (unsigned char)(i * 3 + k);
     EXPECT(ring_offer_record(r, rec) == RING_OK, "record offer");
   }
   got = 0;
+  long actor_got = 0;
   while (ring_poll_record(r, out) == RING_OK) {
     for (int k = 1; k < 21; k++) EXPECT(out[k] == (unsigned char)(out[0] + k), "record torn");
-    got++;
+    if (out[0] >= 200) actor_got++;
+    else got++;
   }
-  EXPECT(got == 40, "record ring: %d of 40", got);
+  window_quiesce();
+  EXPECT(got == 40 && actor_got == actor_ring_offers, "record ring: %d of 40 (and %ld of the actor's %ld)", got,
+         actor_got, actor_ring_offers);
+  ring_set_actor(NULL, false);
   ring_destroy(r);
 }
 
