@@ -39,14 +39,6 @@ static void enter_hook(int section_id, enum rseq_index index, int cpu) {
   migrations++;
 }
 
-static int section_id(const char *name) {
-  for (int i = 0; i < rseq_registry_count(); i++) {
-    struct rseq_section s;
-    if (rseq_registry_get(i, &s) == 0 && !strcmp(s.name, name)) return s.id;
-  }
-  CHECK(0, "section %s is not in the registry", name);
-  return -1;
-}
 
 static uint64_t cached(struct ccache_heap *h, int cpu) {
   struct ccache_stats st;
@@ -69,7 +61,8 @@ static void check_migration(struct ccache_heap *h, enum rseq_index index, const 
   rseq_fake_cpu_set(0);
   uint64_t c0 = cached(h, 0), c1 = cached(h, 1);
   migrations = 0;
-  migrate_section = section_id(section);
+  migrate_section = test_section_id(section);
+  CHECK(migrate_section >= 0, "section %s is not in the registry", section);
   char what[128];
   snprintf(what, sizeof what, "%s after a migration (index %s)", section, rseq_index_name(index));
   // Budget 1: the abort the migration causes. A second one means the retry used the

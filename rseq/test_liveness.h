@@ -10,6 +10,7 @@
 #define CCACHE_RSEQ_TEST_LIVENESS_H_
 
 #include <stdio.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "rseq/rseq.h"
@@ -31,6 +32,15 @@ static void test_liveness_hook_(int section_id) {
          rseq_mm_cid_available() ? rseq_current_index(RSEQ_INDEX_MM_CID) : -1);
   fflush(stdout);
   _exit(1);
+}
+
+// The registry id of the section called `name`; -1 if there is none.
+static inline int test_section_id(const char *name) {
+  for (int i = 0; i < rseq_registry_count(); i++) {
+    struct rseq_section s;
+    if (rseq_registry_get(i, &s) == 0 && !strcmp(s.name, name)) return s.id;
+  }
+  return -1;
 }
 
 static inline void test_liveness_begin(const char *what, int budget) {

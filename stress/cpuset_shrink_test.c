@@ -47,14 +47,6 @@ static void enter_hook(int section_id, enum rseq_index index, int cpu) {
   if (sched_setaffinity(0, sizeof set, &set) == 0) shrinks++;
 }
 
-static int section_id(const char *name) {
-  for (int i = 0; i < rseq_registry_count(); i++) {
-    struct rseq_section s;
-    if (rseq_registry_get(i, &s) == 0 && !strcmp(s.name, name)) return s.id;
-  }
-  CHECK(0, "section %s is not in the registry", name);
-  return -1;
-}
 
 // Runs op with the cpuset shrunk from {a} to {b} at `section`'s entry; returns the aborts.
 static int shrink_during(enum rseq_index index, const char *section, void (*op)(void *), void *arg) {
@@ -62,7 +54,8 @@ static int shrink_during(enum rseq_index index, const char *section, void (*op)(
                rseq_index_name(index), section, cpu_a, cpu_b);
   CHECK(test_pin(cpu_a) == 0);
   shrinks = 0;
-  shrink_section = section_id(section);
+  shrink_section = test_section_id(section);
+  CHECK(shrink_section >= 0, "section %s is not in the registry", section);
   char what[160];
   snprintf(what, sizeof what, "%s after its CPU left the cpuset (index %s)", section, rseq_index_name(index));
   test_liveness_begin(what, BUDGET);
