@@ -92,12 +92,14 @@ static volatile pid_t running_pid;
 static bool window_mode;
 static long window_only_offset = -1;  // --offset N: that function offset alone (to reproduce a row)
 static uint64_t armed_off;
-enum actor_reply { ACTOR_NOT_ASKED, ACTOR_ANSWERED, ACTOR_BLOCKED };
+enum actor_reply { ACTOR_NOT_ASKED, ACTOR_ANSWERED, ACTOR_LATE };
 static enum actor_reply actor_reply;
-// How long a stopped main thread waits for the actor's answer. The actor can need a
-// lock that the stopped thread holds (a drain while it refills): then the main thread
-// goes on after this, and the actor acts once the lock is free.
-#define ACTOR_WAIT_MS 2000
+static int window_bp_errno;  // the hardware breakpoint could not be set: why
+// How long a stopped main thread waits for the actor's answer. No window the workload
+// arms is reached with a lock the actor needs held, so only a very loaded machine
+// makes it late; then the main thread goes on, and a row whose actor found its phase
+// already over fails as "did not act".
+#define ACTOR_WAIT_MS 10000
 
 static void on_alarm(int sig) {
   (void)sig;
@@ -169,8 +171,10 @@ static int run_workload(uint64_t bp_off, bool *hit, char *out, size_t out_size, 
       // not taken: the kernel sets the resume flag. A single step from the instruction
       // that arms rseq_cs would stop the thread at start_ip, inside the section, and
       // the abort would bring it back to the breakpoint for ever.
-      ptrace(PTRACE_POKEUSER, pid, offsetof(struct user, u_debugreg[0]), addr);
-      ptrace(PTRACE_POKEUSER, pid, offsetof(struct user, u_debugreg[7]), 1L);  // L0, execute, 1 byte
+      window_bp_errno = 0;
+      if (ptrace(PTRACE_POKEUSER, pid, offsetof(struct user, u_debugreg[0]), addr) != 0 ||
+          ptrace(PTRACE_POKEUSER, pid, offsetof(struct user, u_debugreg[7]), 1L) != 0)  // L0, execute, 1 byte
+        window_bp_errno = errno ? errno : EIO;
     } else {
       ptrace(PTRACE_POKETEXT, pid, addr, (orig & ~0xffL) | 0xcc);
     }
@@ -211,7 +215,7 @@ static int run_workload(uint64_t bp_off, bool *hit, char *out, size_t out_size, 
           struct pollfd p = {done[0], POLLIN, 0};
           char b = 'w';
           if (write(req[1], &b, 1) == 1) {
-            actor_reply = ACTOR_BLOCKED;
+            actor_reply = ACTOR_LATE;
             if (poll(&p, 1, ACTOR_WAIT_MS) == 1 && read(done[0], &b, 1) == 1) actor_reply = ACTOR_ANSWERED;
           }
         }
@@ -313,6 +317,28 @@ static const char *structure_problem(const cs_insn *insn, size_t count, const st
   return "post_commit_ip is past the disassembled code";
 }
 
+// Whether the WINDOW-ACTORS line (line_len bytes) names `name` as a whole word.
+static bool window_names_section(const char *line, size_t line_len, const char *name) {
+  size_t n = strlen(name);
+  for (const char *p = line + strlen("WINDOW-ACTORS"); p < line + line_len;) {
+    p += strspn(p, " ");
+    size_t len = strcspn(p, " \n");
+    if (!len) break;
+    if (len == n && !strncmp(p, name, n)) return true;
+    p += len;
+  }
+  return false;
+}
+
+// A failing window row: the workload's first failed invariant, and the command that
+// reruns that instruction alone.
+static void window_repro(const char *out, const char *section, uint64_t offset) {
+  const char *f = strstr(out, "INVARIANT FAILED");
+  if (f) printf("    %.*s\n", (int)(strcspn(f, "\n")), f);
+  printf("    reproduce: abortscan --workload %s --window --index %s --section %s --offset %lu\n", workload, index_name,
+         section, (unsigned long)offset);
+}
+
 // The window scan (--window; see the top). Returns the number of failures.
 static int window_scan(struct rseq_elf *elf, csh cs, const char *baseline_out, const char *only, FILE *js) {
   static char out[1 << 20];
@@ -334,10 +360,7 @@ static int window_scan(struct rseq_elf *elf, csh cs, const char *baseline_out, c
   for (int s = 0; s < nsections; s++) {
     struct section *sec = &sections[s];
     if (only && strcmp(only, sec->name)) continue;
-    char word[80];
-    snprintf(word, sizeof word, " %s", sec->name);
-    const char *w = memmem(line, line_len, word, strlen(word));
-    if (!w || (w[strlen(word)] != ' ' && w[strlen(word)] != '\n')) {
+    if (!window_names_section(line, line_len, sec->name)) {
       printf("| %s | - | - | - | - | - | no window actor in the workload: not scanned |\n", sec->name);
       continue;
     }
@@ -355,12 +378,25 @@ static int window_scan(struct rseq_elf *elf, csh cs, const char *baseline_out, c
     if (plus) *plus = 0;
     cs_insn *insn;
     size_t count = cs_disasm(cs, code, n, fstart, 0, &insn);
+    if (!count || insn[count - 1].address + insn[count - 1].size != sec->start) {
+      printf("| %s | %s | - | - | - | - | FAIL: the disassembly of its function does not end at start_ip |\n",
+             sec->name, fname);
+      if (count) cs_free(insn, count);
+      bad++;
+      continue;
+    }
     int reached = 0, same_index = 0, not_reached = 0;
     for (size_t k = 0; k < count; k++) {
       if (window_only_offset >= 0 && insn[k].address - fstart != (uint64_t)window_only_offset) continue;
       bool hit;
       int status = run_workload(insn[k].address, &hit, out, sizeof out, false);
       runs++;
+      if (window_bp_errno) {
+        printf("abortscan: cannot set a hardware breakpoint in %s (PTRACE_POKEUSER of DR0/DR7): %s\n", workload,
+               strerror(window_bp_errno));
+        cs_free(insn, count);
+        return bad + 1;
+      }
       bool inv = !hung && WIFEXITED(status) && WEXITSTATUS(status) == 0 && strstr(out, "INVARIANTS OK");
       long actions = -1, other = -1;
       const char *a = strstr(out, "WINDOW-ACTOR actions=");
@@ -374,17 +410,20 @@ static int window_scan(struct rseq_elf *elf, csh cs, const char *baseline_out, c
         if (!inv) {
           printf("| %s | %s+%lu | `%s` | not reached | - | NO | FAIL: the run failed without a stop |\n", sec->name,
                  fname, (unsigned long)(insn[k].address - fstart), text);
+          window_repro(out, sec->name, insn[k].address - fstart);
           bad++;
         }
       } else {
         reached++;
         char no_act[96];
         snprintf(no_act, sizeof no_act, "DID NOT ACT (%ld actions; %s)", actions,
-                 actor_reply == ACTOR_ANSWERED ? "it answered" : "no answer in " RSEQ_STR_S(ACTOR_WAIT_MS) " ms");
-        const char *actor = actions != 1                      ? no_act
-                            : other != 0                      ? "acted, on another index"
-                            : actor_reply == ACTOR_BLOCKED    ? "acted, after the thread went on (lock held)"
-                                                              : "acted";
+                 actor_reply == ACTOR_ANSWERED ? "it answered"
+                 : actor_reply == ACTOR_LATE   ? "no answer in " RSEQ_STR_S(ACTOR_WAIT_MS) " ms"
+                                               : "the request could not be written");
+        const char *actor = actions != 1                   ? no_act
+                            : other != 0                   ? "acted, on another index"
+                            : actor_reply == ACTOR_LATE    ? "acted, after the thread went on (late)"
+                                                           : "acted";
         if (actions == 1 && other == 0) same_index++;
         bool ok = inv && actions == 1;
         printf("| %s | %s+%lu | `%s` | yes | %s | %s | %s |\n", sec->name, fname,
@@ -392,10 +431,7 @@ static int window_scan(struct rseq_elf *elf, csh cs, const char *baseline_out, c
                hung ? "HUNG (killed after " RSEQ_STR_S(RUN_TIMEOUT_S) " s)" : inv ? "yes" : "NO", ok ? "ok" : "FAIL");
         if (!ok) {
           bad++;
-          const char *f = strstr(out, "INVARIANT FAILED");
-          if (f) printf("    %.*s\n", (int)(strcspn(f, "\n")), f);
-          printf("    reproduce: abortscan --workload %s --window --index %s --section %s --offset %lu\n", workload,
-                 index_name, sec->name, (unsigned long)(insn[k].address - fstart));
+          window_repro(out, sec->name, insn[k].address - fstart);
         }
       }
       if (js)
@@ -414,6 +450,23 @@ static int window_scan(struct rseq_elf *elf, csh cs, const char *baseline_out, c
     if (strcmp(verdict, "ok")) bad++;
     printf("| %s | %s | window of %zu instructions | %d reached, %d not | actor on the same index in %d | - | %s |\n",
            sec->name, fname, count, reached, not_reached, same_index, verdict);
+    if (strcmp(verdict, "ok"))
+      printf("    the rows above and the JSON (--json) list each instruction; rerun the section with: abortscan "
+             "--workload %s --window --index %s --section %s\n", workload, index_name, sec->name);
+  }
+  // Every section the workload names must exist: a renamed one would drop out unseen.
+  for (const char *p = line + strlen("WINDOW-ACTORS"); p < line + line_len;) {
+    p += strspn(p, " ");
+    size_t len = strcspn(p, " \n");
+    if (!len) break;
+    bool found = false;
+    for (int s = 0; s < nsections; s++)
+      if (strlen(sections[s].name) == len && !strncmp(sections[s].name, p, len)) found = true;
+    if (!found) {
+      printf("abortscan: the workload names a window actor for %.*s, which is not in its registry\n", (int)len, p);
+      bad++;
+    }
+    p += len;
   }
   printf("\nabortscan --window: %d runs over the windows of the actor's sections (index %s): %d failed\n", runs,
          index_name, bad);
@@ -444,6 +497,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   setvbuf(stdout, NULL, _IOLBF, 0);
+  signal(SIGPIPE, SIG_IGN);  // a workload that died: its pipes' writes fail, we go on
   static char out[1 << 20];
   bool hit;
   int status = run_workload(0, &hit, out, sizeof out, false);

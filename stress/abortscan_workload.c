@@ -43,15 +43,12 @@ static int failures;
     }                                      \
   } while (0)
 
-// The main thread's last index read, for the actor to compare with its own (relaxed:
-// the main thread is stopped by ptrace whenever the actor reads it).
-static _Atomic int main_index = -1;
+static int cpu(void) { return rseq_current_index(idx); }
 
-static int cpu(void) {
-  int c = rseq_current_index(idx);
-  atomic_store_explicit(&main_index, c, memory_order_relaxed);
-  return c;
-}
+// The main thread's rseq area: the actor reads the main thread's index field there (the
+// value the stopped thread's section will compare with: the kernel wrote it when the
+// thread last returned to user space), to tell whether it acts on the same CPU or cid.
+static struct rseq_abi *main_area;
 
 // ---- The window actor (see the top of the file).
 // abortscan reads this with PTRACE_PEEKDATA at a stop: volatile, and exported.
@@ -83,7 +80,10 @@ static void *actor_main(void *arg) {
     void (*action)(int) = atomic_load(&actor_action);
     int c = rseq_current_index(idx);
     if (action) {
-      if (c != atomic_load_explicit(&main_index, memory_order_relaxed)) atomic_fetch_add(&actor_other_index, 1);
+      // Relaxed: the kernel writes the field; the main thread is stopped (ptrace).
+      uint32_t main_c = __atomic_load_n(idx == RSEQ_INDEX_MM_CID ? &main_area->mm_cid : &main_area->cpu_id,
+                                        __ATOMIC_RELAXED);
+      if ((uint32_t)c != main_c) atomic_fetch_add(&actor_other_index, 1);
       action(c);
       atomic_fetch_add(&actor_actions, 1);
     }
@@ -351,8 +351,10 @@ static void primitives(void) {
 }
 
 // The allocator's actor: takes three 48-byte blocks from the cache of the index it
-// runs on (the main thread's), fills them with 0xa5 and keeps them; every second
-// action then drains every CPU cache (the remote drain: stop, fence, take, restore).
+// runs on (the main thread's), fills them with 0xa5 and keeps them; then drains every
+// CPU cache (the remote drain: stop, fence, take, restore). A section that used a cur
+// read before start_ip hands out a block the actor holds (the drain does not clear
+// the slots above the new cur).
 static struct ccache_heap *actor_heap;
 static unsigned char *actor_blocks[3 * ACTOR_MAX];
 static _Atomic int nactor_blocks;  // release/acquire: publishes actor_blocks[i] and its bytes
@@ -367,10 +369,7 @@ static void act_alloc(int c) {
     actor_blocks[n] = p;
     atomic_store_explicit(&nactor_blocks, n + 1, memory_order_release);
   }
-  if (atomic_load(&actor_actions) % 2 == 1) {
-    ccache_drain_all(actor_heap);
-    actor_drains++;
-  }
+  if (ccache_drain_all(actor_heap) == 0) actor_drains++;
 }
 
 static bool actor_holds(const void *p) {
@@ -454,7 +453,7 @@ static void leftovers(void) {
 }
 
 // The ring's actor: one offer into the ring in use, on the shard of the index it runs
-// on (the main thread's): pointers ACTOR_ITEM + k, or 21-byte records 200 + k, 201 +
+// on (the main thread's, abortscan checks): pointers ACTOR_ITEM + k, or 21-byte records 200 + k, 201 +
 // k, ... (the same "each byte one more than the first" shape the torn-record check
 // reads). Only the main thread polls.
 #define ACTOR_ITEM ((uintptr_t)1 << 40)
@@ -524,6 +523,8 @@ static void ring(void) {
   uintptr_t next = 41;
   size_t offered = 0;
   int c0 = cpu();
+  struct ring_cpu_stats before, after;
+  EXPECT(ring_cpu_stats(r, c0, &before) == 0, "ring_cpu_stats(%d)", c0);
   for (int b = 0; b < 11; b++) {
     size_t n = b < 10 ? 5 : 20;
     for (size_t k = 0; k < n; k++) batch[k] = (void *)(next + k);
@@ -532,10 +533,12 @@ static void ring(void) {
     offered += done;
   }
   window_quiesce();
-  // One thread on one CPU (abortscan pins it, and the actor runs there too): all of it
-  // went to one shard, which the actor's offers share.
-  EXPECT(cpu() != c0 || (long)offered + actor_ring_offers == 64, "batch offers: %zu of 64 fitted (%ld by the actor)",
-         offered, actor_ring_offers);
+  // One thread on one CPU (abortscan pins it): all of it went to one shard, which the
+  // actor's offer shares when it ran on the same index; the shard holds 64.
+  EXPECT(ring_cpu_stats(r, c0, &after) == 0, "ring_cpu_stats(%d)", c0);
+  EXPECT(cpu() != c0 || after.offered - before.offered == 64,
+         "batch offers: %zu fitted, the actor offered %ld, shard %d took %lu of 64", offered, actor_ring_offers, c0,
+         (unsigned long)(after.offered - before.offered));
   EXPECT(cpu() != c0 || ring_offer(r, (void *)1) == RING_FULL, "offer into a full shard");
   got = drain_ring(r, 41, "batch ring");
   EXPECT((size_t)got == offered, "batch ring: %d of %zu items", got, offered);
@@ -577,6 +580,8 @@ int main(int argc, char **argv) {
     return 0;
   }
   pin_to_first_allowed_cpu();  // deterministic section counts (see pin.h)
+  cpu();  // registers the thread: its area is there from now on
+  main_area = rseq_thread_area();
   pthread_t actor;
   // Created after the pin: the actor runs on the main thread's CPU.
   if (window_actor && (pipe(actor_stop) != 0 || pthread_create(&actor, NULL, actor_main, NULL) != 0)) {
