@@ -2,7 +2,9 @@
 // turn, in every mode and index. The locks (internal.h's lock order): the process's
 // list of heaps, then per heap reclaim_lock, drain_lock, every central stripe,
 // page_lock, large_lock and meta_lock. For each one, a helper thread takes it and holds
-// it for 50 ms while the main thread forks: the atfork handlers must wait for it, and
+// it until 50 ms after the main thread announced its fork (so the fork starts while
+// the lock is held, however late the main thread gets to it): the atfork handlers
+// must wait for it, and
 // the child must find every lock free. The child then mallocs and frees every size
 // class, a large block, reallocs a large block bigger and smaller, and exits. A lock
 // left held hangs the child: its own alarm ends it after 5 s and the test names the
@@ -32,7 +34,8 @@ const char *__tsan_default_options(void) { return "report_thread_leaks=0"; }
 
 struct held {
   pthread_mutex_t *lock;
-  _Atomic int taken;  // relaxed is not enough: the main thread forks on seeing it
+  _Atomic int taken;    // relaxed is not enough: the main thread forks on seeing it
+  _Atomic int forking;  // set by the main thread right before fork() (relaxed: a signal only)
 };
 
 static void *holder(void *arg) {
@@ -40,8 +43,12 @@ static void *holder(void *arg) {
   pthread_mutex_lock(h->lock);
   // Release: the fork that follows must see the lock held.
   atomic_store_explicit(&h->taken, 1, memory_order_release);
-  struct timespec ts = {0, 50 * 1000 * 1000};
-  nanosleep(&ts, NULL);
+  // Hold it until the main thread is about to fork, and 50 ms more: the fork starts
+  // with the lock held (a fixed hold could end before a delayed main thread forks, and
+  // prove nothing).
+  struct timespec ms = {0, 1000 * 1000}, hold = {0, 50 * 1000 * 1000};
+  while (!atomic_load_explicit(&h->forking, memory_order_relaxed)) nanosleep(&ms, NULL);
+  nanosleep(&hold, NULL);
   pthread_mutex_unlock(h->lock);
   return NULL;
 }
@@ -74,10 +81,11 @@ static void child_work(struct ccache_heap *heap) {
 
 static void fork_with_held(struct ccache_heap *heap, pthread_mutex_t *lock, const char *name,
                            enum rseq_mode mode, enum rseq_index index) {
-  struct held h = {lock, 0};
+  struct held h = {lock, 0, 0};
   pthread_t t;
   CHECK(pthread_create(&t, NULL, holder, &h) == 0);
   while (!atomic_load_explicit(&h.taken, memory_order_acquire)) sched_yield();
+  atomic_store_explicit(&h.forking, 1, memory_order_relaxed);
   pid_t pid = fork();
   CHECK(pid >= 0, "fork: errno %d", errno);
   if (pid == 0) child_work(heap);
