@@ -6,6 +6,7 @@
 # stats, diffs, every object). CCACHE_STATS=1 proves the library was really in charge.
 set -euo pipefail
 lib="$(pwd)/$1"
+make_repo="$(pwd)/$2"
 [ -f "$lib" ] || { echo "FAIL: $lib not found"; exit 1; }
 tmp="${TEST_TMPDIR:-$(mktemp -d)}"
 fail=0
@@ -51,18 +52,8 @@ run() {  # name, then the command
 # A small repository with fixed authors and dates (built on glibc's malloc): git's
 # output is then the same on every run.
 repo="$tmp/repo"
-rm -rf "$repo"
-export GIT_AUTHOR_NAME=t GIT_AUTHOR_EMAIL=t@example.com GIT_COMMITTER_NAME=t
-export GIT_COMMITTER_EMAIL=t@example.com GIT_CONFIG_NOSYSTEM=1 HOME="$tmp"
-git init -q "$repo"
-for i in 1 2 3 4 5 6; do
-  python3 -c "import random
-random.seed($i)
-for k in range(3000): print(k, random.randrange(10**6))" > "$repo/file$((i % 3)).txt"
-  git -C "$repo" add -A
-  GIT_AUTHOR_DATE="2026-01-0$i 12:00:00 +0000" GIT_COMMITTER_DATE="2026-01-0$i 12:00:00 +0000" \
-    git -C "$repo" commit -q -m "commit $i"
-done
+"$make_repo" "$repo" 6
+export GIT_CONFIG_NOSYSTEM=1 HOME="$tmp"
 pl='srand(42); my %h; for my $i (1..200000) { $h{int(rand(1e7))} = "x" x ($i % 13) }
 my @k = sort { $a <=> $b } keys %h; print scalar(@k), " @k[0..4] ", length(join("", values %h)), "\n";'
 

@@ -9,6 +9,7 @@
 set -uo pipefail
 chaos=$1
 lib="$(pwd)/$2"
+make_repo="$(pwd)/$3"
 tmp="${TEST_TMPDIR:-$(mktemp -d)}"
 fail=0
 py=/usr/bin/python3
@@ -25,16 +26,8 @@ print(len(items), items[0][0], items[-1][0], sum(v[0] for _, v in items) % 10000
 '
 # A small repository with fixed authors and dates, built on glibc's malloc.
 repo="$tmp/repo"
-rm -rf "$repo"
-export GIT_AUTHOR_NAME=t GIT_AUTHOR_EMAIL=t@example.com GIT_COMMITTER_NAME=t
-export GIT_COMMITTER_EMAIL=t@example.com GIT_CONFIG_NOSYSTEM=1 HOME="$tmp"
-git init -q "$repo"
-for i in 1 2 3 4 5; do
-  awk -v s=$i 'BEGIN { x = s; for (k = 0; k < 2000; k++) { x = (x * 1103515245 + 12345) % 2147483648; print k, x % 1000000 } }' > "$repo/file$((i % 3)).txt"
-  git -C "$repo" add -A
-  GIT_AUTHOR_DATE="2026-01-0$i 12:00:00 +0000" GIT_COMMITTER_DATE="2026-01-0$i 12:00:00 +0000" \
-    git -C "$repo" commit -q -m "commit $i"
-done
+"$make_repo" "$repo" 5
+export GIT_CONFIG_NOSYSTEM=1 HOME="$tmp"
 # 30 rounds: one round takes ~50 ms, too short for the forcers to land in a section.
 gitcmd="for r in \$(seq 30); do git -C '$repo' log -p --stat --format='%H %s' | md5sum; git -C '$repo' rev-list --objects --all | git -C '$repo' cat-file --batch-check; done"
 
