@@ -24,7 +24,9 @@
 // exactly at post_commit_ip and stores to memory; every branch that leaves the section
 // for anywhere but abort_ip is listed in the binary's __rseq_exit_point_array.
 // Report: a table (section, offset, instruction) -> aborted?, retry committed?,
-// invariants ok?, and the same as JSON.
+// invariants ok?, and the same as JSON. Exit 1 on any failure (or, with
+// --expect-broken, 0 only when every section has at least one failing instruction:
+// the self-test on deliberately broken sections).
 //
 // --window: the window scan, for the state a section depends on changing between the
 // operation's index read and start_ip (no abort protects that stretch: a thread
@@ -38,9 +40,9 @@
 // workload's invariants count the actor's changes in: they fail when a section used a
 // value read before start_ip. Reported per instruction: reached?, the actor acted
 // (on the main thread's index?), invariants ok. A section whose window was never
-// reached, or where the actor never ran on the main thread's index, fails. Exit 1 on any failure (or, with
-// --expect-broken, 0 only when every section has at least one failing instruction:
-// the self-test on deliberately broken sections).
+// reached, or where the actor never ran on the main thread's index, fails; so do a
+// hardware breakpoint that cannot be set and a WINDOW-ACTORS name that is not in the
+// registry. Exit 1 on any failure.
 #include <capstone/capstone.h>
 #include <errno.h>
 #include <fcntl.h>
