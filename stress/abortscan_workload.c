@@ -99,9 +99,9 @@ static void window_arm(void (*action)(int)) {
   abortscan_window_armed = 1;
 }
 
-// Disarms, and waits until the actor is not in the middle of an action (it may have
-// been blocked on a lock the stopped main thread held), so that the checks that follow
-// see all its changes.
+// Disarms, and waits until the actor is not in the middle of an action (it answers
+// late only on a very loaded machine, after the main thread went on), so that the
+// checks that follow see all its changes.
 static void window_quiesce(void) {
   abortscan_window_armed = 0;
   atomic_store(&actor_action, NULL);
