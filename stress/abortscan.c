@@ -319,16 +319,24 @@ static const char *structure_problem(const cs_insn *insn, size_t count, const st
   return "post_commit_ip is past the disassembled code";
 }
 
+// The next name on the WINDOW-ACTORS line after *p (which must start inside it; end
+// is the line's end): its start, with *len set and *p moved past it; NULL at the end.
+static const char *next_window_name(const char **p, const char *end, size_t *len) {
+  if (*p >= end) return NULL;
+  *p += strspn(*p, " ");
+  *len = strcspn(*p, " \n");
+  if (!*len || *p >= end) return NULL;
+  const char *name = *p;
+  *p += *len;
+  return name;
+}
+
 // Whether the WINDOW-ACTORS line (line_len bytes) names `name` as a whole word.
 static bool window_names_section(const char *line, size_t line_len, const char *name) {
-  size_t n = strlen(name);
-  for (const char *p = line + strlen("WINDOW-ACTORS"); p < line + line_len;) {
-    p += strspn(p, " ");
-    size_t len = strcspn(p, " \n");
-    if (!len) break;
-    if (len == n && !strncmp(p, name, n)) return true;
-    p += len;
-  }
+  const char *p = line + strlen("WINDOW-ACTORS"), *w;
+  size_t len;
+  while ((w = next_window_name(&p, line + line_len, &len)))
+    if (len == strlen(name) && !strncmp(w, name, len)) return true;
   return false;
 }
 
@@ -457,18 +465,16 @@ static int window_scan(struct rseq_elf *elf, csh cs, const char *baseline_out, c
              "--workload %s --window --index %s --section %s\n", workload, index_name, sec->name);
   }
   // Every section the workload names must exist: a renamed one would drop out unseen.
-  for (const char *p = line + strlen("WINDOW-ACTORS"); p < line + line_len;) {
-    p += strspn(p, " ");
-    size_t len = strcspn(p, " \n");
-    if (!len) break;
+  const char *p = line + strlen("WINDOW-ACTORS"), *w;
+  size_t len;
+  while ((w = next_window_name(&p, line + line_len, &len))) {
     bool found = false;
     for (int s = 0; s < nsections; s++)
-      if (strlen(sections[s].name) == len && !strncmp(sections[s].name, p, len)) found = true;
+      if (strlen(sections[s].name) == len && !strncmp(sections[s].name, w, len)) found = true;
     if (!found) {
-      printf("abortscan: the workload names a window actor for %.*s, which is not in its registry\n", (int)len, p);
+      printf("abortscan: the workload names a window actor for %.*s, which is not in its registry\n", (int)len, w);
       bad++;
     }
-    p += len;
   }
   printf("\nabortscan --window: %d runs over the windows of the actor's sections (index %s): %d failed\n", runs,
          index_name, bad);
