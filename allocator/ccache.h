@@ -109,6 +109,7 @@ struct ccache_stats {
   uint64_t os_bytes;          // committed from the OS now (spans, free pages, large, metadata)
   uint64_t released_bytes;    // returned to the OS with madvise, total so far
   uint64_t large_count, large_bytes;
+  uint64_t large_spares, large_spare_bytes;  // freed large mappings kept for reuse (in os_bytes)
   // The fast-path sections of this heap: how often they aborted and fell through.
   uint64_t pop_aborts, push_aborts;
   uint64_t refills, drains;   // batches moved between CPU caches and central lists

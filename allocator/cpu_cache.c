@@ -257,7 +257,7 @@ void cpu_cache_overflow(struct ccache_heap *heap, unsigned cls, void *block) {
   atomic_fetch_add_explicit(&heap->drains, 1, memory_order_relaxed);
 }
 
-uint64_t cpu_cache_count(const struct ccache_heap *heap, int cpu, unsigned cls) {
+CCACHE_NO_COVERAGE uint64_t cpu_cache_count(const struct ccache_heap *heap, int cpu, unsigned cls) {
   if (heap->mode.mode == RSEQ_MODE_CAS) return rseq_cas_stack_count(cas_top(heap, cpu, cls));
   // Relaxed: a statistic; the sections on that CPU may be changing it. The class's
   // begin from the heap, not the header: a drain's stop overwrites that one.
@@ -267,7 +267,7 @@ uint64_t cpu_cache_count(const struct ccache_heap *heap, int cpu, unsigned cls) 
 
 // The cached blocks of region `cpu`, class `cls`, bottom first, into out; for
 // ccache_check_heap (quiescent heap only).
-int cpu_cache_items(const struct ccache_heap *heap, int cpu, unsigned cls, void **out) {
+CCACHE_NO_COVERAGE int cpu_cache_items(const struct ccache_heap *heap, int cpu, unsigned cls, void **out) {
   char *region = region_of(heap, cpu);
   if (heap->mode.mode == RSEQ_MODE_CAS) {
     uint64_t n = rseq_cas_stack_count(cas_top(heap, cpu, cls));

@@ -104,7 +104,7 @@ __attribute__((noinline)) void *ccache_malloc_class(struct ccache_heap *heap, un
 
 // Sizes over 1 KiB: the class by arithmetic, or a large block.
 __attribute__((noinline)) void *ccache_malloc_big(struct ccache_heap *heap, size_t size) {
-  if (size > CCACHE_MAX_SMALL) return large_alloc(heap, size, 0);
+  if (size > CCACHE_MAX_SMALL) return large_alloc(heap, size, 0, false);
   return ccache_malloc_class(heap, ccache_size_to_class(size));
 }
 
@@ -278,9 +278,14 @@ void *ccache_calloc(struct ccache_heap *heap, size_t n, size_t size) {
     errno = ENOMEM;
     return NULL;
   }
+  if (total > CCACHE_MAX_SMALL) {
+    void *p = large_alloc(heap, total, 0, true);  // zeros from the OS, not a memset
+    if (p) CCACHE_MSAN_UNPOISON(p, total);
+    return p;
+  }
   void *p = ccache_malloc(heap, total);
   if (!p) return NULL;
-  if (total <= CCACHE_MAX_SMALL) memset(p, 0, total);  // large blocks are fresh, zero maps
+  memset(p, 0, total);
   CCACHE_MSAN_UNPOISON(p, total);
   return p;
 }
@@ -298,7 +303,9 @@ void *ccache_realloc(struct ccache_heap *heap, void *ptr, size_t size) {
   if (small ? size <= CCACHE_MAX_SMALL && ccache_class_size(ccache_size_to_class(size)) == usable
             : size <= usable && size > usable / 2)
     return ptr;
-  void *q = ccache_malloc(heap, size);
+  void *q;
+  if (!small && large_resize(heap, ptr, size, &q)) return q;  // NULL: errno ENOMEM, old intact
+  q = ccache_malloc(heap, size);
   if (!q) return NULL;  // errno ENOMEM; the old block is untouched
   size_t copy = size < usable ? size : usable;
 #if CCACHE_SEEDED_BUG == 2  // test-only variant (ci/fuzz-teeth): realloc copies too little
@@ -330,7 +337,7 @@ void *ccache_aligned_alloc(struct ccache_heap *heap, size_t alignment, size_t si
     size_t p2 = want <= 1 ? 1 : (size_t)1 << (64 - __builtin_clzll((unsigned long long)want - 1));
     if (p2 <= CCACHE_MAX_SMALL) return ccache_malloc(heap, p2);  // a power-of-two class
   }
-  return large_alloc(heap, size, alignment);
+  return large_alloc(heap, size, alignment, false);
 }
 
 int ccache_posix_memalign(struct ccache_heap *heap, void **out, size_t alignment, size_t size) {
@@ -390,7 +397,7 @@ enum rseq_mode ccache_heap_mode(const struct ccache_heap *heap) { return heap->m
 enum rseq_index ccache_heap_index(const struct ccache_heap *heap) { return heap->mode.index; }
 const char *ccache_heap_mode_reason(const struct ccache_heap *heap) { return heap->why_cas; }
 
-void ccache_get_stats(struct ccache_heap *heap, struct ccache_stats *out) {
+CCACHE_NO_COVERAGE void ccache_get_stats(struct ccache_heap *heap, struct ccache_stats *out) {
   memset(out, 0, sizeof *out);
   out->mode = heap->mode.mode;
   out->index = heap->mode.index;
@@ -424,13 +431,16 @@ void ccache_get_stats(struct ccache_heap *heap, struct ccache_stats *out) {
   pthread_mutex_lock(&heap->large_lock);
   out->large_count = heap->large_count;
   out->large_bytes = heap->large_bytes;
-  uint64_t large_mapped = heap->large_mapped;
+  uint64_t large_mapped = heap->large_mapped, large_spare = heap->large_spare_bytes;
+  out->large_spares = heap->large_nspares;
+  out->large_spare_bytes = large_spare;
   pthread_mutex_unlock(&heap->large_lock);
   pthread_mutex_lock(&heap->meta_lock);
   uint64_t meta = heap->meta_bytes;
   pthread_mutex_unlock(&heap->meta_lock);
   out->in_use_bytes += out->large_bytes;
-  out->os_bytes = committed + large_mapped + meta + heap->regions_bytes + heap->transfer_bytes;
+  out->os_bytes = committed + large_mapped + large_spare + meta + heap->regions_bytes +
+                  heap->transfer_bytes;
   pthread_mutex_lock(&heap->reclaim_lock);  // reclaimed_regions is written under it
   out->reclaimed_regions = heap->reclaimed_regions;
   pthread_mutex_unlock(&heap->reclaim_lock);
@@ -449,7 +459,7 @@ void ccache_get_stats(struct ccache_heap *heap, struct ccache_stats *out) {
   } while (0)
 
 // A free-marked block seen in a list must be a block start of class cls.
-static void check_free_block(struct ccache_heap *heap, unsigned cls, const void *b,
+CCACHE_NO_COVERAGE static void check_free_block(struct ccache_heap *heap, unsigned cls, const void *b,
                              const char *where, int *rc) {
   uintptr_t off = (uintptr_t)b - heap->base;
   int c = off < heap->reserve_bytes ? block_class_carved(heap, off) : -1;
@@ -462,7 +472,7 @@ static void check_free_block(struct ccache_heap *heap, unsigned cls, const void 
   }
 }
 
-int ccache_check_heap(struct ccache_heap *heap) {
+CCACHE_NO_COVERAGE int ccache_check_heap(struct ccache_heap *heap) {
   int rc = 0;
   uint64_t marked[CCACHE_NUM_CLASSES] = {0}, on_spans[CCACHE_NUM_CLASSES] = {0};
   uint64_t spans_seen[CCACHE_NUM_CLASSES] = {0}, uncarved[CCACHE_NUM_CLASSES] = {0};

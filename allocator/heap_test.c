@@ -3,6 +3,8 @@
 //   - aligned_alloc / posix_memalign / memalign for every alignment up to 64 KiB, and
 //     their EINVAL cases;
 //   - realloc growth and shrink keep the contents; calloc zeroes; calloc overflow;
+//   - a freed large block is kept as a spare and handed out again (calloc's zeroed),
+//     within the spare bound; large-to-large realloc keeps the contents;
 //   - a seeded random workload against a shadow set: no two live blocks overlap,
 //     contents intact, stats and heap invariants consistent after every phase;
 //   - drains empty the CPU caches; freed memory goes back to the OS (madvise);
@@ -237,6 +239,57 @@ static void test_random(struct ccache_heap *h, uint64_t seed) {
   check_consistent(h);
 }
 
+// On a heap of its own: which spare a request gets depends on the spares there are.
+static void test_large_spares(enum rseq_mode mode, enum rseq_index index) {
+  struct ccache_heap *h = make(mode, index);
+  struct ccache_stats st;
+  ccache_get_stats(h, &st);
+  uint64_t os_before = st.os_bytes - st.large_spare_bytes;
+  // A freed large block is a spare, and the next request of its size gets it back.
+  unsigned char *a = ccache_malloc(h, 1 << 20);
+  CHECK(a != NULL);
+  memset(a, 0xAB, 1 << 20);
+  ccache_free(h, a);
+  ccache_get_stats(h, &st);
+  CHECK(st.large_spares >= 1 && st.large_spare_bytes >= (1 << 20),
+        "a freed 1 MiB block was not kept: %lu spares, %lu B", (unsigned long)st.large_spares,
+        (unsigned long)st.large_spare_bytes);
+  CHECK(!ccache_owns(h, a), "a spare still counts as a live block");
+  unsigned char *z = ccache_calloc(h, 1, 1 << 20);
+  CHECK(z == a, "calloc(1 MiB) = %p, not the spare %p", (void *)z, (void *)a);
+  for (size_t i = 0; i < (1 << 20); i += 511) CHECK(z[i] == 0, "calloc of a spare: byte %zu", i);
+  ccache_free(h, z);
+  unsigned char *b = ccache_malloc(h, 700 << 10);  // fits the 1 MiB spare, wastes < half
+  CHECK(b == a, "malloc(700 KiB) = %p, not the 1 MiB spare %p", (void *)b, (void *)a);
+  CHECK(ccache_malloc_usable_size(h, b) == (700 << 10));
+  // Large to large realloc moves pages, and keeps the contents both ways.
+  fill(b, 700 << 10, 77);
+  unsigned char *c = ccache_realloc(h, b, 5 << 20);
+  CHECK(c != NULL && ccache_malloc_usable_size(h, c) >= (5u << 20));
+  verify(c, 700 << 10, 77, "large realloc up");
+  fill(c, 5 << 20, 78);
+  unsigned char *d = ccache_realloc(h, c, 300 << 10);
+  CHECK(d != NULL && ccache_malloc_usable_size(h, d) >= (300u << 10));
+  verify(d, 300 << 10, 78, "large realloc down");
+  ccache_free(h, d);
+  // The bound: 20 blocks of 3 MiB freed keep at most 8 spares and 16 MiB.
+  void *p[20];
+  for (int i = 0; i < 20; i++) CHECK((p[i] = ccache_malloc(h, 3 << 20)) != NULL);
+  for (int i = 0; i < 20; i++) ccache_free(h, p[i]);
+  ccache_get_stats(h, &st);
+  CHECK(st.large_count == 0 && st.large_bytes == 0);
+  CHECK(st.large_spares <= 8 && st.large_spare_bytes <= (16u << 20),
+        "%lu spares, %lu B kept (bound: 8, 16 MiB)", (unsigned long)st.large_spares,
+        (unsigned long)st.large_spare_bytes);
+  CHECK(st.os_bytes - st.large_spare_bytes <= os_before + (1 << 20),
+        "os_bytes grew from %lu to %lu (%lu in spares) with no large block live",
+        (unsigned long)os_before, (unsigned long)st.os_bytes, (unsigned long)st.large_spare_bytes);
+  check_consistent(h);
+  printf("  large spares: %lu kept, %lu B\n", (unsigned long)st.large_spares,
+         (unsigned long)st.large_spare_bytes);
+  ccache_heap_destroy(h);
+}
+
 static void test_drain_and_release(struct ccache_heap *h) {
   enum { N = 40000 };
   static void *p[N];
@@ -316,6 +369,7 @@ int main(int argc, char **argv) {
     test_classes(h);
     test_aligned(h);
     test_realloc_calloc(h);
+    test_large_spares(configs[i].mode, configs[i].index);
     test_random(h, seed);
     test_drain_and_release(h);
     check_consistent(h);

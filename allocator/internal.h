@@ -142,6 +142,16 @@ struct large_entry {
   uintptr_t map_start;
 };
 
+// Freed large mappings kept for the next large request (spares), as every general
+// allocator keeps some freed pages: at most LARGE_SPARES of them and LARGE_SPARE_BYTES
+// in all, so a heap holds at most that much more than its live blocks need.
+#define LARGE_SPARES 8
+#define LARGE_SPARE_BYTES ((size_t)16 << 20)
+struct large_spare {
+  uintptr_t start;
+  size_t size;
+};
+
 // Region header words (both modes): [0] spare, [1] misses (slow-path events, for the
 // idle reclaim). Sections never touch them.
 #define REGION_MISSES 1
@@ -221,6 +231,9 @@ struct ccache_heap {
   struct large_entry *large;
   size_t large_cap, large_used, large_tombs;
   uint64_t large_count, large_bytes, large_mapped;
+  struct large_spare large_spares[LARGE_SPARES];  // [0, large_nspares): ASan-poisoned
+  unsigned large_nspares;
+  uint64_t large_spare_bytes;
 
   // --- metadata arena (span structs). Guards the bump pointer and the recycle list;
   // a leaf lock.
@@ -341,7 +354,13 @@ void cpu_cache_maybe_reclaim(struct ccache_heap *heap);
 // large.c
 int large_init(struct ccache_heap *heap);
 void large_destroy(struct ccache_heap *heap);
-void *large_alloc(struct ccache_heap *heap, size_t size, size_t alignment);
+// `zeroed`: the block must read as zeros (calloc); a fresh mapping does, a spare is
+// given back to the OS first.
+void *large_alloc(struct ccache_heap *heap, size_t size, size_t alignment, bool zeroed);
+// realloc of a large block to a large size by moving its pages (mremap), not its bytes:
+// 1 with *out the block (or NULL, errno ENOMEM, the old block untouched); 0 when ptr
+// is not a large block that can move so (the caller copies).
+int large_resize(struct ccache_heap *heap, void *ptr, size_t size, void **out);
 // Frees ptr when it is a large block of this heap: 1; 0 when it is not one.
 int large_free(struct ccache_heap *heap, void *ptr);
 size_t large_usable_size(struct ccache_heap *heap, const void *ptr);  // 0: not large

@@ -1,7 +1,10 @@
 // large.c: blocks over 256 KiB (or aligned beyond a page) get their own mapping,
-// found again by address in an open-addressing hash table.
+// found again by address in an open-addressing hash table. A freed mapping is kept as
+// a spare for the next large request (up to LARGE_SPARES, LARGE_SPARE_BYTES in all),
+// and realloc between large sizes moves pages with mremap instead of copying bytes.
 #include <errno.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "allocator/internal.h"
 #include "sanitizers/sanitizers.h"
@@ -23,6 +26,14 @@ int large_init(struct ccache_heap *heap) {
 }
 
 void large_destroy(struct ccache_heap *heap) {
+  for (unsigned i = 0; i < heap->large_nspares; i++) {
+    struct large_spare *sp = &heap->large_spares[i];
+    // Poisoned while spare; munmap does not clear the shadow (see ccache_heap_destroy).
+    CCACHE_ASAN_UNPOISON((void *)sp->start, sp->size);
+    os_unmap((void *)sp->start, sp->size);
+  }
+  heap->large_nspares = 0;
+  heap->large_spare_bytes = 0;
   if (!heap->large) return;
   for (size_t i = 0; i < heap->large_cap; i++) {
     struct large_entry *e = &heap->large[i];
@@ -65,7 +76,26 @@ static int reserve_slot(struct ccache_heap *heap) {
   return 0;
 }
 
-void *large_alloc(struct ccache_heap *heap, size_t size, size_t alignment) {
+// Called with large_lock held: the spare that fits `usable` best, wasting at most as
+// much again (a spare twice the request is left for a bigger one), taken out of the
+// list; 0 when none fits.
+static struct large_spare take_spare(struct ccache_heap *heap, size_t usable) {
+  unsigned best = LARGE_SPARES;
+  for (unsigned i = 0; i < heap->large_nspares; i++) {
+    size_t n = heap->large_spares[i].size;
+    if (n >= usable && n - usable <= usable &&
+        (best == LARGE_SPARES || n < heap->large_spares[best].size))
+      best = i;
+  }
+  if (best == LARGE_SPARES) return (struct large_spare){0, 0};
+  struct large_spare sp = heap->large_spares[best];
+  heap->large_spares[best] = heap->large_spares[--heap->large_nspares];
+  heap->large_spare_bytes -= sp.size;
+  CCACHE_ASAN_UNPOISON((void *)sp.start, sp.size);
+  return sp;
+}
+
+void *large_alloc(struct ccache_heap *heap, size_t size, size_t alignment, bool zeroed) {
   size_t usable = (size + OS_PAGE - 1) & ~(size_t)(OS_PAGE - 1);
   if (usable < size) {  // overflow
     errno = ENOMEM;
@@ -77,7 +107,19 @@ void *large_alloc(struct ccache_heap *heap, size_t size, size_t alignment) {
     errno = ENOMEM;
     return NULL;
   }
-  void *m = os_map(map_size);
+  void *m = NULL;
+  if (!extra) {  // large_lock: the spare list is shared by every thread
+    pthread_mutex_lock(&heap->large_lock);
+    struct large_spare sp = take_spare(heap, usable);
+    pthread_mutex_unlock(&heap->large_lock);
+    if (sp.start) {
+      m = (void *)sp.start;
+      map_size = sp.size;
+      if (zeroed) os_release(m, map_size);  // the OS gives the pages back as zeros
+      CCACHE_MSAN_POISON(m, map_size);      // a fresh block's bytes are undefined
+    }
+  }
+  if (!m) m = os_map(map_size);
   if (!m) {
     os_count_failure(heap);
     errno = ENOMEM;
@@ -117,9 +159,65 @@ int large_free(struct ccache_heap *heap, void *ptr) {
   heap->large_count--;
   heap->large_bytes -= copy.size;
   heap->large_mapped -= copy.map_size;
+  if (heap->large_nspares < LARGE_SPARES &&
+      heap->large_spare_bytes + copy.map_size <= LARGE_SPARE_BYTES) {
+    // Kept as a spare. Poisoned before it is in the list, under the lock: once listed,
+    // another thread may take it and unpoison it.
+    CCACHE_ASAN_POISON((void *)copy.map_start, copy.map_size);
+    heap->large_spares[heap->large_nspares++] = (struct large_spare){copy.map_start, copy.map_size};
+    heap->large_spare_bytes += copy.map_size;
+    pthread_mutex_unlock(&heap->large_lock);
+    return 1;
+  }
   pthread_mutex_unlock(&heap->large_lock);
   os_unmap((void *)copy.map_start, copy.map_size);
   return 1;
+}
+
+int large_resize(struct ccache_heap *heap, void *ptr, size_t size, void **out) {
+#if CCACHE_HAVE_TSAN || CCACHE_HAVE_MSAN
+  // Their shadow does not move with the pages: the moved block would carry the
+  // history (TSan) or definedness (MSan) of whatever was mapped at its new address.
+  (void)heap, (void)ptr, (void)size, (void)out;
+  return 0;
+#else
+  size_t usable = (size + OS_PAGE - 1) & ~(size_t)(OS_PAGE - 1);
+  if (usable < size || size <= CCACHE_MAX_SMALL) return 0;  // the caller's path decides
+  pthread_mutex_lock(&heap->large_lock);
+  struct large_entry *e = find(heap, (uintptr_t)ptr);
+  // Only a block that is its whole mapping: an over-aligned one would lose its alignment.
+  if (!e || e->map_start != e->addr || e->map_size != e->size) {
+    pthread_mutex_unlock(&heap->large_lock);
+    return 0;
+  }
+  struct large_entry old = *e;
+  // The table slot for the moved block, before the move: after it, nothing may fail.
+  // (The lock is held across the syscall: large blocks are rare and already serialised.)
+  if (reserve_slot(heap) != 0) {
+    pthread_mutex_unlock(&heap->large_lock);
+    os_count_failure(heap);
+    errno = ENOMEM;
+    *out = NULL;
+    return 1;
+  }
+  void *m = mremap((void *)old.map_start, old.map_size, usable, MREMAP_MAYMOVE);
+  if (m == MAP_FAILED) {
+    pthread_mutex_unlock(&heap->large_lock);
+    os_count_failure(heap);
+    errno = ENOMEM;
+    *out = NULL;
+    return 1;
+  }
+  find(heap, old.addr)->addr = TOMB;  // reserve_slot may have moved the table
+  heap->large_tombs++;
+  struct large_entry moved = {(uintptr_t)m, usable, usable, (uintptr_t)m};
+  insert(heap->large, heap->large_cap, &moved);
+  heap->large_bytes += usable - old.size;
+  heap->large_mapped += usable - old.map_size;
+  pthread_mutex_unlock(&heap->large_lock);
+  *out = m;
+  return 1;
+#endif
 }
 
 size_t large_usable_size(struct ccache_heap *heap, const void *ptr) {

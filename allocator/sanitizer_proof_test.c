@@ -1,6 +1,7 @@
 // sanitizer_proof_test: the allocator tells the sanitizers the truth.
 //   asan  a use-after-free of a block sitting in a CPU cache is reported (the block is
-//         poisoned when it is freed, though the memory never goes back to libc);
+//         poisoned when it is freed, though the memory never goes back to libc), and
+//         of a large block kept as a spare mapping;
 //   msan  reading memory handed out by ccache_malloc before writing it is reported.
 // Each bug runs in a child; the test passes only if the report appears. Under a build
 // without that sanitizer the case logs SKIPPED with the reason.
@@ -26,6 +27,16 @@ static int child(const char *which, const char *mode) {
     fflush(stdout);
     return p[7];  // use after free
   }
+  if (!strcmp(which, "uaf-large")) {
+    char *volatile p = ccache_malloc(h, 1 << 20);
+    memset(p, 1, 1 << 20);
+    ccache_free(h, p);  // now a spare mapping, still mapped
+    struct ccache_stats st;
+    ccache_get_stats(h, &st);
+    printf("large spares: %lu\n", (unsigned long)st.large_spares);
+    fflush(stdout);
+    return p[4096 * 3];  // use after free
+  }
   int *volatile q = ccache_malloc(h, sizeof(int) * 4);
   if (q[2] == 1234) puts("uninitialized value was 1234");  // branch on uninitialized memory
   return 0;
@@ -50,6 +61,12 @@ static void run(const char *which, const char *mode, bool enabled, const char *c
     CHECK(line && sscanf(line, "cached blocks of 48 B: %lu", &cached) == 1 && cached > 0,
           "the freed block was not in a CPU cache:\n%s", out);
   }
+  if (!strcmp(which, "uaf-large")) {
+    const char *line = strstr(out, "large spares: ");
+    unsigned long spares = 0;
+    CHECK(line && sscanf(line, "large spares: %lu", &spares) == 1 && spares > 0,
+          "the freed large block was not kept as a spare:\n%s", out);
+  }
   printf("ok: %s (%s mode) reported: %s\n", which, mode, expect);
 }
 
@@ -60,6 +77,7 @@ int main(int argc, char **argv) {
   for (int m = 0; m < 2; m++) {
     if (m == 0 && !rseq_available()) continue;
     run("uaf", modes[m], CCACHE_HAVE_ASAN, "--config=asan", "ERROR: AddressSanitizer: use-after-poison");
+    run("uaf-large", modes[m], CCACHE_HAVE_ASAN, "--config=asan", "ERROR: AddressSanitizer: use-after-poison");
     run("uninit", modes[m], CCACHE_HAVE_MSAN, "--config=msan", "WARNING: MemorySanitizer: use-of-uninitialized-value");
   }
   printf("PASS\n");

@@ -10,6 +10,7 @@
 
 #include "allocator/ccache.h"
 #include "ring/ring.h"
+#include "sanitizers/sanitizers.h"
 
 static const char *const alloc_kinds[] = {"malloc", "calloc", "realloc", "aligned", "free",
                                           "usable_size", "drain_cpu", "drain_all", "set_cpu"};
@@ -151,15 +152,9 @@ struct block {
   uint8_t seed;
 };
 
-// The byte loops that write and check blocks are the checks, not the code under test:
-// left out of SanitizerCoverage, whose comparison hooks in them took ~60% of the
-// allocator fuzzers' time (2026-12-03: 290 exec/s) and gave no useful feedback. Not
-// inlined: the coverage pass runs after inlining and would instrument the copy.
-#if defined(__clang__)
-#define CHECK_LOOP __attribute__((no_sanitize("coverage"), noinline))
-#else
-#define CHECK_LOOP
-#endif
+// The byte loops that write and check blocks are the checks, not the code under test
+// (see CCACHE_NO_COVERAGE).
+#define CHECK_LOOP CCACHE_NO_COVERAGE
 
 // The bytes of a block that are written and checked: the first and last 64. Enough to
 // catch a lost, shifted or overwritten byte at either end (check_new_block catches
