@@ -95,7 +95,11 @@ long ops_trace_diff(const struct ops_trace *a, const struct ops_trace *b) {
 
 int ops_compare_modes(enum ops_family f, enum rseq_index index, const struct op *ops, size_t n,
                       char *why, size_t why_size) {
-  struct ops_trace tr = {0}, tc = {0};
+  // The two traces keep their buffers from one call to the next (emptied here): a
+  // fuzzer compares thousands of streams a second, and growing fresh buffers cost the
+  // ring_diff fuzzer a tenth of its time. Thread-local: each thread compares its own.
+  static __thread struct ops_trace tr, tc;
+  tr.n = tc.n = 0;
   struct ops_result rr, rc;
   ops_run(f, RSEQ_MODE_RSEQ, index, ops, n, &tr, &rr);
   ops_run(f, RSEQ_MODE_CAS, index, ops, n, &tc, &rc);
@@ -113,8 +117,6 @@ int ops_compare_modes(enum ops_family f, enum rseq_index index, const struct op 
     else
       failed = 0;
   }
-  ops_trace_free(&tr);
-  ops_trace_free(&tc);
   return failed;
 }
 

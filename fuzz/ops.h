@@ -50,7 +50,7 @@ struct ops_result {
 };
 
 // Run a stream on a fresh instance of `mode` x `index`, created and destroyed inside
-// (allocator streams: see ops_reuse_heaps).
+// (allocator streams: see ops_reuse_heaps). `trace` may be NULL: nothing recorded.
 void ops_run(enum ops_family f, enum rseq_mode mode, enum rseq_index index, const struct op *ops,
              size_t n, struct ops_trace *trace, struct ops_result *result);
 
