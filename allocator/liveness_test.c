@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "allocator/ccache.h"
+#include "allocator/test_fill.h"
 #include "rseq/rseq.h"
 #include "rseq/test_liveness.h"
 #include "rseq/testing.h"
@@ -117,17 +118,7 @@ static void full_on_0(struct ccache_heap *h) {
   release_all(h);
   rseq_fake_cpu_set(0);
   for (int k = 0; k < FILL; k++) held[nheld++] = ccache_malloc(h, SIZE);
-  uint64_t peak = 0;
-  bool dropped = false;
-  while (nheld) {
-    uint64_t before = cached(h, 0);
-    ccache_free(h, held[--nheld]);
-    uint64_t after = cached(h, 0);
-    if (after < before) dropped = true;
-    else if (!dropped) peak = after;
-    if (dropped && after == peak) break;
-  }
-  CHECK(dropped && cached(h, 0) == peak, "could not fill CPU 0's cache with %d blocks", FILL);
+  CHECK(test_fill_cache(h, 0, held, &nheld), "could not fill CPU 0's cache with %d blocks", FILL);
   held[nheld++] = keep;  // the block the operation will free (the rest stay held)
 }
 

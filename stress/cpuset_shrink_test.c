@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "allocator/ccache.h"
+#include "allocator/test_fill.h"
 #include "ring/ring.h"
 #include "rseq/rseq.h"
 #include "rseq/test_liveness.h"
@@ -85,11 +86,7 @@ static void op_malloc(void *arg) {
 }
 static void op_free(void *arg) { ccache_free(heap, arg); }
 
-static uint64_t cached(int idx) {
-  struct ccache_stats st;
-  ccache_get_stats(heap, &st);
-  return idx >= 0 && idx < st.ncpus ? st.cpu_cached_bytes[idx] : 0;
-}
+static uint64_t cached(int idx) { return test_cached_bytes(heap, idx); }
 
 static void allocator(enum rseq_index index) {
   struct ccache_options o = {.mode = RSEQ_MODE_RSEQ, .index = index, .cpu_cache_bytes = 4096};
@@ -133,17 +130,7 @@ static void allocator(enum rseq_index index) {
   int idx_a = rseq_current_index(index);
   nheld = 0;
   for (int k = 0; k < 512; k++) held[nheld++] = ccache_malloc(heap, 64);
-  uint64_t peak = 0;
-  bool dropped = false;
-  while (nheld) {
-    uint64_t before = cached(idx_a);
-    ccache_free(heap, held[--nheld]);
-    uint64_t after = cached(idx_a);
-    if (after < before) dropped = true;
-    else if (!dropped) peak = after;
-    if (dropped && after == peak) break;
-  }
-  CHECK(dropped && cached(idx_a) == peak, "could not fill cache %d", idx_a);
+  CHECK(test_fill_cache(heap, idx_a, held, &nheld), "could not fill cache %d", idx_a);
   n = shrink_during(index, "ccache_overflow_pop", op_free, keep);
   printf("ok: index=%s: ccache_overflow_pop, cpuset shrunk at its entry: %d aborts\n", rseq_index_name(index), n);
   while (nheld) ccache_free(heap, held[--nheld]);
