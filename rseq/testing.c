@@ -131,22 +131,44 @@ static int install_seccomp_nosys_rseq(void) {
 
 extern char **environ;
 
+// Whether environment entry `e` ("K=V") sets the same name as one of `env`.
+static bool env_overridden(const char *e, char *const env[]) {
+  for (int i = 0; env && env[i]; i++) {
+    size_t k = strcspn(env[i], "=");
+    if (!strncmp(e, env[i], k) && e[k] == '=') return true;
+  }
+  return false;
+}
+
 int test_run_self(char *const args[], char *const env[], bool seccomp_nosys_rseq, char *out,
                   size_t out_size) {
   int fds[2] = {-1, -1};
   if (out && pipe(fds) != 0) return -1;
   fflush(stdout);
   fflush(stderr);
+  size_t nenv = 0, nextra = 0;
+  while (environ[nenv]) nenv++;
+  while (env && env[nextra]) nextra++;
   pid_t pid = fork();
   if (pid < 0) return -1;
   if (pid == 0) {
+    // Nothing here allocates (no putenv: the environment is built on the stack), so a
+    // child of a process whose allocator is broken across fork still execs. The alarm
+    // is the backstop: a child stuck before exec dies in seconds, and is reported,
+    // instead of leaving the parent to wait until the test's timeout.
+    alarm(TEST_FORK_CHILD_ALARM_S);
     if (out) {
       dup2(fds[1], 1);
       dup2(fds[1], 2);
       close(fds[0]);
       close(fds[1]);
     }
-    for (int i = 0; env && env[i]; i++) putenv(env[i]);
+    char *envp[nenv + nextra + 1];
+    size_t m = 0;
+    for (size_t i = 0; i < nenv; i++)
+      if (!env_overridden(environ[i], env)) envp[m++] = environ[i];
+    for (size_t i = 0; i < nextra; i++) envp[m++] = env[i];
+    envp[m] = NULL;
     if (seccomp_nosys_rseq && install_seccomp_nosys_rseq() != 0) {
       perror("seccomp");
       _exit(126);
@@ -156,7 +178,8 @@ int test_run_self(char *const args[], char *const env[], bool seccomp_nosys_rseq
     argv[n++] = "self";
     for (int i = 0; args[i] && n < 63; i++) argv[n++] = args[i];
     argv[n] = NULL;
-    execve("/proc/self/exe", argv, environ);
+    alarm(0);  // an alarm survives execve: the program run gets its own time
+    execve("/proc/self/exe", argv, envp);
     _exit(127);
   }
   if (out) {
@@ -180,6 +203,9 @@ int test_run_self(char *const args[], char *const env[], bool seccomp_nosys_rseq
   int status;
   while (waitpid(pid, &status, 0) < 0)
     if (errno != EINTR) return -1;
+  if (WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM)
+    fprintf(stderr, "test_run_self: the child hung for %d s between fork and exec (a lock "
+                    "held across fork?)\n", TEST_FORK_CHILD_ALARM_S);
   return status;
 }
 

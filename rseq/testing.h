@@ -41,7 +41,9 @@ int test_unpin(const int *cpus, int n);
 // `env` (NULL-terminated "K=V" entries, may be NULL). Its stdout and stderr go to
 // `out` (NUL-terminated, truncated to `out_size`) when out is not NULL. Returns the
 // wait status, or -1. If `seccomp_nosys_rseq`, the child installs a seccomp filter
-// that makes rseq fail with ENOSYS before it execs.
+// that makes rseq fail with ENOSYS before it execs. The child allocates nothing before
+// it execs; one stuck there anyway is killed after TEST_FORK_CHILD_ALARM_S (SIGALRM,
+// with a message on stderr).
 int test_run_self(char *const args[], char *const env[], bool seccomp_nosys_rseq, char *out,
                   size_t out_size);
 
