@@ -37,7 +37,10 @@ void large_destroy(struct ccache_heap *heap) {
   if (!heap->large) return;
   for (size_t i = 0; i < heap->large_cap; i++) {
     struct large_entry *e = &heap->large[i];
-    if (e->addr > TOMB) os_unmap((void *)e->map_start, e->map_size);
+    if (e->addr > TOMB) {
+      CCACHE_ASAN_UNPOISON((void *)e->map_start, e->map_size);  // a reused spare's tail
+      os_unmap((void *)e->map_start, e->map_size);
+    }
   }
   os_unmap(heap->large, heap->large_cap * sizeof *heap->large);
 }
@@ -117,6 +120,9 @@ void *large_alloc(struct ccache_heap *heap, size_t size, size_t alignment, bool 
       map_size = sp.size;
       if (zeroed) os_release(m, map_size);  // the OS gives the pages back as zeros
       CCACHE_MSAN_POISON(m, map_size);      // a fresh block's bytes are undefined
+      // The spare's pages past the block stay poisoned: an overflow into them is
+      // reported, where a mapping of the block's own size would have ended.
+      CCACHE_ASAN_POISON((char *)m + usable, map_size - usable);
     }
   }
   if (!m) m = os_map(map_size);
@@ -170,6 +176,8 @@ int large_free(struct ccache_heap *heap, void *ptr) {
     return 1;
   }
   pthread_mutex_unlock(&heap->large_lock);
+  // A reused spare's tail is poisoned; munmap does not clear the shadow.
+  CCACHE_ASAN_UNPOISON((void *)copy.map_start, copy.map_size);
   os_unmap((void *)copy.map_start, copy.map_size);
   return 1;
 }

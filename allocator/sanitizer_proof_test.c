@@ -1,7 +1,8 @@
 // sanitizer_proof_test: the allocator tells the sanitizers the truth.
 //   asan  a use-after-free of a block sitting in a CPU cache is reported (the block is
 //         poisoned when it is freed, though the memory never goes back to libc), and
-//         of a large block kept as a spare mapping;
+//         of a large block kept as a spare mapping, and an overflow past a block that
+//         reused a larger spare;
 //   msan  reading memory handed out by ccache_malloc before writing it is reported.
 // Each bug runs in a child; the test passes only if the report appears. Under a build
 // without that sanitizer the case logs SKIPPED with the reason.
@@ -37,6 +38,14 @@ static int child(const char *which, const char *mode) {
     fflush(stdout);
     return p[4096 * 3];  // use after free
   }
+  if (!strcmp(which, "overflow-large")) {
+    char *a = ccache_malloc(h, 1 << 20);
+    ccache_free(h, a);                          // a 1 MiB spare
+    char *volatile p = ccache_malloc(h, 700 << 10);  // gets it: 324 KiB past the block
+    printf("reused the spare: %s\n", p == a ? "yes" : "no");
+    fflush(stdout);
+    return p[(700 << 10) + 100];  // past the end of the block, inside the spare
+  }
   int *volatile q = ccache_malloc(h, sizeof(int) * 4);
   if (q[2] == 1234) puts("uninitialized value was 1234");  // branch on uninitialized memory
   return 0;
@@ -61,6 +70,8 @@ static void run(const char *which, const char *mode, bool enabled, const char *c
     CHECK(line && sscanf(line, "cached blocks of 48 B: %lu", &cached) == 1 && cached > 0,
           "the freed block was not in a CPU cache:\n%s", out);
   }
+  if (!strcmp(which, "overflow-large"))
+    CHECK(strstr(out, "reused the spare: yes") != NULL, "the block did not reuse the spare:\n%s", out);
   if (!strcmp(which, "uaf-large")) {
     const char *line = strstr(out, "large spares: ");
     unsigned long spares = 0;
@@ -78,6 +89,7 @@ int main(int argc, char **argv) {
     if (m == 0 && !rseq_available()) continue;
     run("uaf", modes[m], CCACHE_HAVE_ASAN, "--config=asan", "ERROR: AddressSanitizer: use-after-poison");
     run("uaf-large", modes[m], CCACHE_HAVE_ASAN, "--config=asan", "ERROR: AddressSanitizer: use-after-poison");
+    run("overflow-large", modes[m], CCACHE_HAVE_ASAN, "--config=asan", "ERROR: AddressSanitizer: use-after-poison");
     run("uninit", modes[m], CCACHE_HAVE_MSAN, "--config=msan", "WARNING: MemorySanitizer: use-of-uninitialized-value");
   }
   printf("PASS\n");
