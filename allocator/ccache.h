@@ -9,7 +9,8 @@
 //   CCACHE_INDEX=cpu|cid        (default cpu)
 //   CCACHE_CPU_CACHE_BYTES=N    (per-CPU cache target, default 1 MiB)
 //   CCACHE_RESERVE_GB=N         (address space reserved for small blocks, default 64)
-//   CCACHE_RECLAIM_MS=N         (idle CPU caches are drained after N ms, default 1000;
+//   CCACHE_RECLAIM_MS=N         (idle CPU caches are drained, and idle large spares
+//                                unmapped, after N ms, default 1000;
 //                                0 turns the reclaim off)
 //
 // Errors: an OS refusal returns NULL with errno ENOMEM (the heap keeps working);
@@ -82,9 +83,16 @@ bool ccache_owns(struct ccache_heap *heap, const void *ptr);
 int ccache_drain_cpu(struct ccache_heap *heap, int cpu);
 int ccache_drain_all(struct ccache_heap *heap);
 // One idle-reclaim scan: drains every CPU (or mm_cid) cache that holds blocks and has
-// not changed since the previous scan (a pop, push or miss there changes it). Returns
-// how many were drained. The first scan only records what it sees.
+// not changed since the previous scan (a pop, push or miss there changes it), and
+// unmaps every large spare freed before the previous scan and not reused since. Returns
+// how many caches were drained. The first scan only records what it sees.
 int ccache_reclaim_idle(struct ccache_heap *heap);
+// Gives back to the OS what the heap holds free, as glibc's malloc_trim does: drains
+// every CPU cache and the transfer caches, returns every entirely free span to the
+// page heap, unmaps the large spares and releases every free page (madvise), whatever
+// release_threshold says. Blocks in use are not touched. Returns the bytes given back
+// (0: nothing was free). The next allocations fault their pages in again.
+size_t ccache_trim(struct ccache_heap *heap);
 
 struct ccache_class_stats {
   size_t size;          // block size

@@ -158,7 +158,7 @@ void central_give(struct ccache_heap *heap, unsigned cls, void *const *blocks, i
 }
 
 // Empty the transfer caches into the spans (so that entirely free spans can go back):
-// ccache_release_free_memory and the idle reclaim.
+// ccache_trim and the idle reclaim.
 void central_flush_transfer(struct ccache_heap *heap) {
   for (unsigned cls = 0; cls < CCACHE_NUM_CLASSES; cls++) {
     struct central *c = &heap->central[cls];
@@ -170,4 +170,25 @@ void central_flush_transfer(struct ccache_heap *heap) {
     }
     pthread_mutex_unlock(central_lock_of(heap, cls));
   }
+}
+
+size_t central_release_free_spans(struct ccache_heap *heap) {
+  size_t n = 0;
+  for (unsigned cls = 0; cls < CCACHE_NUM_CLASSES; cls++) {
+    struct central *c = &heap->central[cls];
+    // Guards this class's central list; page_lock nests inside (page_heap_free_small).
+    pthread_mutex_lock(central_lock_of(heap, cls));
+    for (struct span *s = c->nonempty, *next; s; s = next) {
+      next = s->next;
+      if (s->nfree != s->carve) continue;  // a carved block is out (in use or cached)
+      list_remove(c, s);
+      c->nspans--;
+      c->total_blocks -= s->nobjs;
+      c->free_blocks -= s->nobjs;  // its free and its uncarved blocks
+      page_heap_free_small(heap, s);
+      n++;
+    }
+    pthread_mutex_unlock(central_lock_of(heap, cls));
+  }
+  return n;
 }

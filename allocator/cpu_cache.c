@@ -397,6 +397,9 @@ static int reclaim_scan(struct ccache_heap *heap) {
   // What came back from the caches goes on to the spans, so that whole spans (and
   // then pages, past the page heap's threshold) can go back too.
   if (drained) central_flush_transfer(heap);
+  // Large spares age the same way: one freed before the previous scan and not reused
+  // since is unmapped.
+  large_release_spares(heap, true);
   return drained;
 }
 

@@ -393,6 +393,15 @@ int ccache_drain_all(struct ccache_heap *heap) {
   return 0;
 }
 
+size_t ccache_trim(struct ccache_heap *heap) {
+  // Every cache, even when one CPU's fence fails (its blocks then stay where they are).
+  for (int cpu = 0; cpu < heap->ncpus; cpu++) cpu_cache_drain(heap, cpu);
+  central_flush_transfer(heap);
+  central_release_free_spans(heap);
+  size_t bytes = large_release_spares(heap, false);
+  return bytes + page_heap_release_all(heap);
+}
+
 enum rseq_mode ccache_heap_mode(const struct ccache_heap *heap) { return heap->mode.mode; }
 enum rseq_index ccache_heap_index(const struct ccache_heap *heap) { return heap->mode.index; }
 const char *ccache_heap_mode_reason(const struct ccache_heap *heap) { return heap->why_cas; }

@@ -4,10 +4,13 @@
 //     their EINVAL cases;
 //   - realloc growth and shrink keep the contents; calloc zeroes; calloc overflow;
 //   - a freed large block is kept as a spare and handed out again (calloc's zeroed),
-//     within the spare bound; large-to-large realloc keeps the contents;
+//     within the spare bound; large-to-large realloc keeps the contents; the idle scan
+//     unmaps spares that sat through a whole interval;
 //   - a seeded random workload against a shadow set: no two live blocks overlap,
 //     contents intact, stats and heap invariants consistent after every phase;
 //   - drains empty the CPU caches; freed memory goes back to the OS (madvise);
+//   - ccache_trim gives back caches, free spans, spares and pages, and live blocks
+//     keep their bytes;
 //   - the OS refusing memory: NULL with ENOMEM, and the heap keeps working.
 #include <errno.h>
 #include <stdio.h>
@@ -311,6 +314,97 @@ static void test_drain_and_release(struct ccache_heap *h) {
          (unsigned long)before.cached_bytes, (unsigned long)after.released_bytes);
 }
 
+// ccache_trim gives back what is free: caches, spans, spares, pages. On a heap of its
+// own, so that what it holds is known.
+static void test_trim(enum rseq_mode mode, enum rseq_index index) {
+  struct ccache_heap *h = make(mode, index);
+  enum { N = 3000 };
+  static void *p[N];
+  size_t sizes[] = {16, 48, 200, 1000, 5000, 40000};
+  for (int i = 0; i < N; i++) {
+    size_t n = sizes[i % 6];
+    CHECK((p[i] = ccache_malloc(h, n)) != NULL);
+    fill(p[i], n, (uint64_t)i);
+  }
+  void *big[3];
+  for (int i = 0; i < 3; i++) CHECK((big[i] = ccache_malloc(h, (size_t)(i + 1) << 20)) != NULL);
+  // Every other small block stays live: its bytes and its span must survive the trim.
+  for (int i = 0; i < N; i += 2) ccache_free(h, p[i]);
+  for (int i = 0; i < 3; i++) ccache_free(h, big[i]);
+  struct ccache_stats before, after;
+  ccache_get_stats(h, &before);
+  CHECK(before.large_spares == 3 && before.cached_bytes > 0, "%lu spares, %lu B cached",
+        (unsigned long)before.large_spares, (unsigned long)before.cached_bytes);
+  size_t got = ccache_trim(h);
+  ccache_get_stats(h, &after);
+  CHECK(got >= (6u << 20), "trim gave back %zu B; the three spares alone are 6 MiB", got);
+  CHECK(after.large_spares == 0 && after.large_spare_bytes == 0, "%lu spares left",
+        (unsigned long)after.large_spares);
+  CHECK(after.cached_bytes == 0, "%lu B still cached", (unsigned long)after.cached_bytes);
+  CHECK(after.page_heap_free_bytes == 0, "%lu B of free pages not released",
+        (unsigned long)after.page_heap_free_bytes);
+  CHECK(after.os_bytes + got <= before.os_bytes + (64u << 10),
+        "os_bytes %lu -> %lu, but trim says %zu B went back", (unsigned long)before.os_bytes,
+        (unsigned long)after.os_bytes, got);
+  CHECK_EQ(after.in_use_bytes, before.in_use_bytes);
+  // The classes of 16, 200 and 5000 B have no block in use: none keeps a span.
+  int emptied = 0;
+  for (unsigned c = 0; c < CCACHE_NUM_CLASSES; c++) {
+    if (after.classes[c].in_use) continue;
+    CHECK(after.classes[c].spans == 0 && after.classes[c].central == 0,
+          "class %u (%zu B): no block in use, yet %lu spans and %lu central blocks after trim", c,
+          after.classes[c].size, (unsigned long)after.classes[c].spans,
+          (unsigned long)after.classes[c].central);
+    emptied += before.classes[c].spans > 0;
+  }
+  CHECK(emptied >= 3, "only %d classes had spans to give back", emptied);
+  check_consistent(h);
+  for (int i = 1; i < N; i += 2) verify(p[i], sizes[i % 6], (uint64_t)i, "live block across trim");
+  // Nothing is left to give back; the heap works on (released pages fault in again).
+  CHECK(ccache_trim(h) == 0, "a second trim found more to give back");
+  for (int i = 0; i < N; i += 2) {
+    CHECK((p[i] = ccache_malloc(h, sizes[i % 6])) != NULL);
+    fill(p[i], sizes[i % 6], (uint64_t)i + 1);
+  }
+  for (int i = 0; i < N; i++) ccache_free(h, p[i]);
+  ccache_get_stats(h, &after);
+  CHECK_EQ(after.in_use_bytes, 0);
+  check_consistent(h);
+  printf("  trim: %zu B given back (%lu B cached, %lu spares before)\n", got,
+         (unsigned long)before.cached_bytes, (unsigned long)before.large_spares);
+  ccache_heap_destroy(h);
+}
+
+// The idle scan unmaps a large spare freed before the previous scan and not reused.
+static void test_spare_aging(enum rseq_mode mode, enum rseq_index index) {
+  struct ccache_heap *h = make(mode, index);
+  struct ccache_stats st;
+  ccache_free(h, ccache_malloc(h, 1 << 20));
+  ccache_reclaim_idle(h);  // the spare was freed since the last scan (none): kept
+  ccache_get_stats(h, &st);
+  CHECK(st.large_spares == 1, "scan 1 took a spare freed since the last scan (%lu left)",
+        (unsigned long)st.large_spares);
+  ccache_free(h, ccache_malloc(h, 2 << 20));  // a second one, freed after scan 1
+  ccache_reclaim_idle(h);  // the 1 MiB spare sat through a whole interval: unmapped
+  ccache_get_stats(h, &st);
+  CHECK(st.large_spares == 1 && st.large_spare_bytes == (2u << 20),
+        "scan 2: %lu spares, %lu B (want the 2 MiB one only)", (unsigned long)st.large_spares,
+        (unsigned long)st.large_spare_bytes);
+  void *a = ccache_malloc(h, 2 << 20);  // reused: the scan after has nothing to age
+  CHECK(a != NULL);
+  ccache_reclaim_idle(h);
+  ccache_free(h, a);
+  ccache_reclaim_idle(h);
+  ccache_get_stats(h, &st);
+  CHECK(st.large_spares == 1, "a spare freed right before a scan was taken by it");
+  ccache_reclaim_idle(h);
+  ccache_get_stats(h, &st);
+  CHECK(st.large_spares == 0 && st.large_spare_bytes == 0, "scan 5 kept %lu idle spares",
+        (unsigned long)st.large_spares);
+  check_consistent(h);
+  ccache_heap_destroy(h);
+}
+
 static void test_oom(enum rseq_mode mode, enum rseq_index index) {
   struct ccache_heap *h = make(mode, index);
   // Each class's first block needs a new span, so a new commit: make them fail.
@@ -370,13 +464,15 @@ int main(int argc, char **argv) {
     test_aligned(h);
     test_realloc_calloc(h);
     test_large_spares(configs[i].mode, configs[i].index);
+    test_spare_aging(configs[i].mode, configs[i].index);
+    test_trim(configs[i].mode, configs[i].index);
     test_random(h, seed);
     test_drain_and_release(h);
     check_consistent(h);
     ccache_heap_destroy(h);
     test_oom(configs[i].mode, configs[i].index);
     printf("ok: mode=%s index=%s: classes, alignment, realloc/calloc, random workload (seed %lu), "
-           "drain/release, OOM\n",
+           "drain/release, trim, spare aging, OOM\n",
            rseq_mode_name(configs[i].mode), rseq_index_name(configs[i].index), (unsigned long)seed);
   }
   printf("PASS\n");

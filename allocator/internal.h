@@ -69,7 +69,8 @@
 //
 // Locks (each with its reason at the declaration); order, outermost first:
 //   heap->reclaim_lock -> heap->drain_lock -> central_lock[stripe] -> heap->page_lock;
-//   large_lock alone; heap->meta_lock is a leaf. fork() takes all of them (atfork
+//   heap->reclaim_lock -> large_lock (the scan ages the spares), never large_lock with
+//   another; heap->meta_lock is a leaf. fork() takes all of them (atfork
 //   handlers).
 #ifndef CCACHE_ALLOCATOR_INTERNAL_H_
 #define CCACHE_ALLOCATOR_INTERNAL_H_
@@ -150,6 +151,7 @@ struct large_entry {
 struct large_spare {
   uintptr_t start;
   size_t size;
+  uint64_t epoch;  // heap->large_spare_epoch when it was freed (the idle reclaim ages it)
 };
 
 // Region header words (both modes): [0] spare, [1] misses (slow-path events, for the
@@ -234,6 +236,7 @@ struct ccache_heap {
   struct large_spare large_spares[LARGE_SPARES];  // [0, large_nspares): ASan-poisoned
   unsigned large_nspares;
   uint64_t large_spare_bytes;
+  uint64_t large_spare_epoch;  // idle-reclaim scans so far (under large_lock)
 
   // --- metadata arena (span structs). Guards the bump pointer and the recycle list;
   // a leaf lock.
@@ -310,6 +313,9 @@ void class_info_init(struct ccache_heap *heap);
 struct span *page_heap_alloc_small(struct ccache_heap *heap, unsigned cls);
 // Give an entirely free small span back (page_lock taken inside).
 void page_heap_free_small(struct ccache_heap *heap, struct span *s);
+// Every free page not yet given back to the OS is given back now, whatever the
+// threshold; returns the bytes (page_lock taken inside).
+size_t page_heap_release_all(struct ccache_heap *heap);
 // The class_of_page word of page `page` (span s): set once all its blocks are carved.
 void page_heap_set_class_page(struct ccache_heap *heap, const struct span *s, size_t page);
 static inline struct span *span_of(const struct ccache_heap *heap, uintptr_t addr) {
@@ -328,6 +334,9 @@ void central_destroy(struct ccache_heap *heap);
 int central_take(struct ccache_heap *heap, unsigned cls, void **out, int n);
 void central_give(struct ccache_heap *heap, unsigned cls, void *const *blocks, int n);
 void central_flush_transfer(struct ccache_heap *heap);
+// Every entirely free span of every class goes back to the page heap (the class's
+// usual reserve of one span's worth of free blocks too); returns how many.
+size_t central_release_free_spans(struct ccache_heap *heap);
 
 // cpu_cache.c
 int cpu_cache_init(struct ccache_heap *heap, size_t cpu_cache_bytes);
@@ -364,6 +373,9 @@ int large_resize(struct ccache_heap *heap, void *ptr, size_t size, void **out);
 // Frees ptr when it is a large block of this heap: 1; 0 when it is not one.
 int large_free(struct ccache_heap *heap, void *ptr);
 size_t large_usable_size(struct ccache_heap *heap, const void *ptr);  // 0: not large
+// Unmaps the spares: all of them, or (`idle_only`, the idle reclaim's scan) those freed
+// before the previous scan and not reused since. Returns the bytes unmapped.
+size_t large_release_spares(struct ccache_heap *heap, bool idle_only);
 
 static inline pthread_mutex_t *central_lock_of(struct ccache_heap *heap, unsigned cls) {
   return &heap->central_lock[cls % CENTRAL_STRIPES].lock;

@@ -99,7 +99,7 @@ static struct large_spare take_spare(struct ccache_heap *heap, size_t usable) {
         (best == LARGE_SPARES || n < heap->large_spares[best].size))
       best = i;
   }
-  if (best == LARGE_SPARES) return (struct large_spare){0, 0};
+  if (best == LARGE_SPARES) return (struct large_spare){0, 0, 0};
   struct large_spare sp = heap->large_spares[best];
   heap->large_spares[best] = heap->large_spares[--heap->large_nspares];
   heap->large_spare_bytes -= sp.size;
@@ -179,15 +179,46 @@ int large_free(struct ccache_heap *heap, void *ptr) {
     // Kept as a spare. Poisoned before it is in the list, under the lock: once listed,
     // another thread may take it and unpoison it.
     CCACHE_ASAN_POISON((void *)copy.map_start, copy.map_size);
-    heap->large_spares[heap->large_nspares++] = (struct large_spare){copy.map_start, copy.map_size};
+    heap->large_spares[heap->large_nspares++] =
+        (struct large_spare){copy.map_start, copy.map_size, heap->large_spare_epoch};
     heap->large_spare_bytes += copy.map_size;
     pthread_mutex_unlock(&heap->large_lock);
-    return 1;
+  } else {
+    pthread_mutex_unlock(&heap->large_lock);
+    unpoison_tail(&copy);
+    os_unmap((void *)copy.map_start, copy.map_size);
   }
-  pthread_mutex_unlock(&heap->large_lock);
-  unpoison_tail(&copy);
-  os_unmap((void *)copy.map_start, copy.map_size);
+  // A program that frees only large blocks still has its idle spares (and caches)
+  // reclaimed. Not under large_lock: the scan takes it.
+  cpu_cache_maybe_reclaim(heap);
   return 1;
+}
+
+size_t large_release_spares(struct ccache_heap *heap, bool idle_only) {
+  struct large_spare out[LARGE_SPARES];
+  unsigned n = 0;
+  // large_lock: the spare list is shared by every thread.
+  pthread_mutex_lock(&heap->large_lock);
+  for (unsigned i = 0; i < heap->large_nspares;) {
+    struct large_spare *sp = &heap->large_spares[i];
+    if (idle_only && sp->epoch == heap->large_spare_epoch) {  // freed since the last scan
+      i++;
+      continue;
+    }
+    out[n++] = *sp;
+    heap->large_spare_bytes -= sp->size;
+    *sp = heap->large_spares[--heap->large_nspares];
+  }
+  if (idle_only) heap->large_spare_epoch++;
+  pthread_mutex_unlock(&heap->large_lock);
+  size_t bytes = 0;
+  for (unsigned i = 0; i < n; i++) {
+    // Poisoned while spare; munmap does not clear the shadow (see ccache_heap_destroy).
+    CCACHE_ASAN_UNPOISON((void *)out[i].start, out[i].size);
+    os_unmap((void *)out[i].start, out[i].size);
+    bytes += out[i].size;
+  }
+  return bytes;
 }
 
 int large_resize(struct ccache_heap *heap, void *ptr, size_t size, void **out) {

@@ -1,7 +1,7 @@
 // malloc_static_test: a binary linked with //allocator:malloc_static gets every call
 // of the malloc family from the ccache process heap: malloc, calloc, realloc,
 // reallocarray, aligned_alloc, posix_memalign, memalign, valloc, pvalloc,
-// malloc_usable_size, free; also from libc itself (strdup) and from threads started
+// malloc_usable_size, free, malloc_trim; also from libc itself (strdup) and from threads started
 // before and after the first malloc, and in a fork child. CCACHE_MODE picks the mode.
 #include <errno.h>
 #include <malloc.h>
@@ -86,6 +86,19 @@ int main(int argc, char **argv) {
   check_ours(m, "pvalloc");
   CHECK(malloc_usable_size(m) >= 4096);
   free(m);
+  // malloc_trim is ours: what the heap holds free goes back to the OS.
+  void *blocks[2000];
+  for (int i = 0; i < 2000; i++) check_ours(blocks[i] = malloc((size_t)(i % 50) * 100 + 1), "malloc");
+  void *large = malloc(4 << 20);
+  check_ours(large, "malloc (large)");
+  for (int i = 0; i < 2000; i++) free(blocks[i]);
+  free(large);
+  CHECK_EQ(malloc_trim(0), 1);
+  struct ccache_stats st;
+  ccache_get_stats(ccache_process_heap(), &st);
+  CHECK(st.large_spares == 0 && st.page_heap_free_bytes == 0,
+        "after malloc_trim: %lu large spares, %lu B of free pages kept",
+        (unsigned long)st.large_spares, (unsigned long)st.page_heap_free_bytes);
   char *s = strdup("libc allocates through us too");
   check_ours(s, "strdup (libc)");
   free(s);

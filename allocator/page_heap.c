@@ -297,3 +297,25 @@ void page_heap_free_small(struct ccache_heap *heap, struct span *s) {
   pthread_mutex_unlock(&heap->page_lock);
   meta_span_free(heap, s);
 }
+
+size_t page_heap_release_all(struct ccache_heap *heap) {
+  size_t bytes = 0;
+  // Guards the free runs and their counts (see struct ccache_heap).
+  pthread_mutex_lock(&heap->page_lock);
+  for (unsigned b = 0; b < PAGE_HEAP_BUCKETS; b++)
+    for (struct span *run = heap->free_runs[b]; run; run = run->next) {
+      if (run->released) continue;
+      size_t n = run->npages << PAGE_SHIFT;
+      // Poisoned while free; madvise does not care, but the shadow must say so again.
+      CCACHE_ASAN_UNPOISON((void *)run->start, n);
+      os_release((void *)run->start, n);
+      CCACHE_ASAN_POISON((void *)run->start, n);
+      run->released = true;
+      heap->free_pages -= run->npages;
+      heap->released_pages += run->npages;
+      heap->released_total += n;
+      bytes += n;
+    }
+  pthread_mutex_unlock(&heap->page_lock);
+  return bytes;
+}

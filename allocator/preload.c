@@ -259,6 +259,14 @@ void *pvalloc(size_t size) {
   return NULL;
 }
 
+// glibc's malloc_trim: 1 when memory went back to the OS. `pad` (glibc: bytes to leave
+// at the top of the main arena) has no meaning here: ccache gives back all it can.
+int malloc_trim(size_t pad) {
+  (void)pad;
+  struct ccache_heap *h = atomic_load_explicit(&process_heap, memory_order_acquire);
+  return h && ccache_trim(h) > 0;
+}
+
 size_t malloc_usable_size(void *ptr) {
   if (!ptr) return 0;
   if (in_bootstrap(ptr)) return *(size_t *)((char *)ptr - 16);
