@@ -537,6 +537,7 @@ CCACHE_NO_COVERAGE int ccache_check_heap(struct ccache_heap *heap) {
     spans_seen[s->cls]++;
     pg += s->npages;
   }
+  if (page_heap_check_runs(heap)) rc = -1;
   pthread_mutex_unlock(&heap->page_lock);
   for (unsigned c = 0; c < CCACHE_NUM_CLASSES; c++) {
     struct central *ce = &heap->central[c];

@@ -316,6 +316,8 @@ void page_heap_free_small(struct ccache_heap *heap, struct span *s);
 // Every free page not yet given back to the OS is given back now, whatever the
 // threshold; returns the bytes (page_lock taken inside).
 size_t page_heap_release_all(struct ccache_heap *heap);
+// ccache_check_heap's part, with page_lock held: problems found (each on stderr).
+int page_heap_check_runs(struct ccache_heap *heap);
 // The class_of_page word of page `page` (span s): set once all its blocks are carved.
 void page_heap_set_class_page(struct ccache_heap *heap, const struct span *s, size_t page);
 static inline struct span *span_of(const struct ccache_heap *heap, uintptr_t addr) {

@@ -1,6 +1,7 @@
 // page_heap.c: spans carved from the heap's reservation, the page map, the metadata
 // arena, and the return of free pages to the OS.
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "allocator/internal.h"
@@ -227,10 +228,15 @@ struct span *page_heap_alloc_small(struct ccache_heap *heap, unsigned cls) {
   return s;
 }
 
-struct page_range {
-  uintptr_t start;
-  size_t npages;
-};
+// Gives committed free pages back to the OS (page_lock held).
+static void release_pages(struct ccache_heap *heap, uintptr_t start, size_t npages) {
+  size_t bytes = npages << PAGE_SHIFT;
+  // Poisoned while free; madvise does not care, but the shadow must say so again.
+  CCACHE_ASAN_UNPOISON((void *)start, bytes);
+  os_release((void *)start, bytes);
+  CCACHE_ASAN_POISON((void *)start, bytes);
+  heap->released_total += bytes;
+}
 
 void page_heap_free_small(struct ccache_heap *heap, struct span *s) {
   struct span *run = meta_span_alloc(heap);
@@ -250,49 +256,42 @@ void page_heap_free_small(struct ccache_heap *heap, struct span *s) {
   run->kind = SPAN_FREE;
   run->start = s->start;
   run->npages = n;
-  // Past the threshold of committed free pages, the span goes back to the OS, with its
-  // committed free neighbours, and coalesces with every free neighbour. Below it, it
-  // coalesces with committed neighbours only: a run is then all committed or all
-  // released, so a release never madvises pages that were given back already (merging
-  // a released neighbour into a committed run used to count it committed, and every
-  // later release there gave back the whole run again: gigabytes of madvise over a
-  // 40 MB workload, all of them counted in released_bytes).
+  // Past the threshold of committed free pages, the span goes back to the OS, and it
+  // coalesces with every free run next to it (the committed ones go back too). Below
+  // it, it coalesces with committed runs only. So a run is all committed or all
+  // released, and runs next to each other are in different states: a release never
+  // madvises pages that were given back already. (Merging a released neighbour into a
+  // committed run counted it committed, and every later release there gave back the
+  // whole run again: gigabytes of madvise over a 40 MB workload, all counted in
+  // released_bytes.) Runs alternate at most: merging one committed neighbour can
+  // bring a released one next, which a release merges too.
   bool release = (heap->free_pages + n) << PAGE_SHIFT > heap->release_threshold;
-  struct page_range warm[3] = {{s->start, n}, {0, 0}, {0, 0}};
-  int nwarm = 1;
-  if (first > 0) {
-    struct span *left = get_page(heap, first - 1);
-    if (left && left->kind == SPAN_FREE && (release || !left->released)) {
-      run_remove(heap, left);
-      set_page(heap, first - 1, NULL);
-      set_page(heap, page_of(heap, left->start), NULL);
-      if (!left->released) warm[nwarm++] = (struct page_range){left->start, left->npages};
-      run->start = left->start;
-      run->npages += left->npages;
-      meta_span_free(heap, left);
-    }
+  for (;;) {  // the runs to the left
+    size_t f = page_of(heap, run->start);
+    struct span *left = f > 0 ? get_page(heap, f - 1) : NULL;
+    if (!left || left->kind != SPAN_FREE || (left->released && !release)) break;
+    run_remove(heap, left);
+    set_page(heap, f - 1, NULL);
+    set_page(heap, page_of(heap, left->start), NULL);
+    if (release && !left->released) release_pages(heap, left->start, left->npages);
+    run->start = left->start;
+    run->npages += left->npages;
+    meta_span_free(heap, left);
   }
-  size_t last = page_of(heap, run->start) + run->npages - 1;
-  if ((last + 1) << PAGE_SHIFT < heap->frontier) {
-    struct span *right = get_page(heap, last + 1);
-    if (right && right->kind == SPAN_FREE && (release || !right->released)) {
-      run_remove(heap, right);
-      set_page(heap, last + 1, NULL);
-      set_page(heap, page_of(heap, right->start) + right->npages - 1, NULL);
-      if (!right->released) warm[nwarm++] = (struct page_range){right->start, right->npages};
-      run->npages += right->npages;
-      meta_span_free(heap, right);
-    }
+  for (;;) {  // the runs to the right
+    size_t last = page_of(heap, run->start) + run->npages - 1;
+    struct span *right =
+        (last + 1) << PAGE_SHIFT < heap->frontier ? get_page(heap, last + 1) : NULL;
+    if (!right || right->kind != SPAN_FREE || (right->released && !release)) break;
+    run_remove(heap, right);
+    set_page(heap, last + 1, NULL);
+    set_page(heap, page_of(heap, right->start) + right->npages - 1, NULL);
+    if (release && !right->released) release_pages(heap, right->start, right->npages);
+    run->npages += right->npages;
+    meta_span_free(heap, right);
   }
+  if (release) release_pages(heap, s->start, n);
   run->released = release;
-  if (release)
-    for (int i = 0; i < nwarm; i++) {
-      size_t bytes = warm[i].npages << PAGE_SHIFT;
-      CCACHE_ASAN_UNPOISON((void *)warm[i].start, bytes);
-      os_release((void *)warm[i].start, bytes);
-      CCACHE_ASAN_POISON((void *)warm[i].start, bytes);
-      heap->released_total += bytes;
-    }
   run_insert(heap, run);
   pthread_mutex_unlock(&heap->page_lock);
   meta_span_free(heap, s);
@@ -305,17 +304,82 @@ size_t page_heap_release_all(struct ccache_heap *heap) {
   for (unsigned b = 0; b < PAGE_HEAP_BUCKETS; b++)
     for (struct span *run = heap->free_runs[b]; run; run = run->next) {
       if (run->released) continue;
-      size_t n = run->npages << PAGE_SHIFT;
-      // Poisoned while free; madvise does not care, but the shadow must say so again.
-      CCACHE_ASAN_UNPOISON((void *)run->start, n);
-      os_release((void *)run->start, n);
-      CCACHE_ASAN_POISON((void *)run->start, n);
+      release_pages(heap, run->start, run->npages);
       run->released = true;
       heap->free_pages -= run->npages;
       heap->released_pages += run->npages;
-      heap->released_total += n;
-      bytes += n;
+      bytes += run->npages << PAGE_SHIFT;
     }
+  // Every run is released now: a run that was committed merges with its released
+  // neighbours (they were kept apart only while their states differed). Rare (a trim),
+  // so simply: merge one pair, scan again.
+  for (bool merged = true; merged;) {
+    merged = false;
+    for (unsigned b = 0; b < PAGE_HEAP_BUCKETS && !merged; b++)
+      for (struct span *run = heap->free_runs[b]; run; run = run->next) {
+        size_t last = page_of(heap, run->start) + run->npages - 1;
+        if ((last + 1) << PAGE_SHIFT >= heap->frontier) continue;
+        struct span *right = get_page(heap, last + 1);
+        if (!right || right->kind != SPAN_FREE) continue;
+        run_remove(heap, run);
+        run_remove(heap, right);
+        set_page(heap, last, NULL);  // the old inner boundaries
+        set_page(heap, last + 1, NULL);
+        run->npages += right->npages;
+        run_insert(heap, run);
+        meta_span_free(heap, right);  // meta_lock: a leaf
+        merged = true;
+        break;
+      }
+  }
   pthread_mutex_unlock(&heap->page_lock);
   return bytes;
+}
+
+// Called with page_lock held (ccache_check_heap). The free runs: each in the bucket of
+// its size, its first and last pages mapped to it and the pages between unmapped, the
+// counts of committed and released pages exact, and no two adjacent runs in the same
+// state (they would have merged). Returns the number of problems, each on stderr.
+CCACHE_NO_COVERAGE int page_heap_check_runs(struct ccache_heap *heap) {
+  int bad = 0;
+  uint64_t committed = 0, released = 0;
+  size_t pages = heap->frontier >> PAGE_SHIFT;
+  for (unsigned b = 0; b < PAGE_HEAP_BUCKETS; b++)
+    for (struct span *run = heap->free_runs[b]; run; run = run->next) {
+      size_t first = page_of(heap, run->start), last = first + run->npages - 1;
+      if (run->kind != SPAN_FREE || run->npages == 0 || bucket_of(run->npages) != b ||
+          last >= pages || get_page(heap, first) != run || get_page(heap, last) != run) {
+        fprintf(stderr, "ccache_check_heap: free run %p (pages %zu..%zu, kind %d) in bucket %u: "
+                        "not where its size and the page map say (frontier %zu pages)\n",
+                (void *)run, first, last, (int)run->kind, b, pages);
+        bad++;
+        continue;
+      }
+      for (size_t k = first + 1; k < last; k++)
+        if (get_page(heap, k) != NULL) {
+          fprintf(stderr, "ccache_check_heap: free run %p: inner page %zu maps to %p\n",
+                  (void *)run, k, (void *)get_page(heap, k));
+          bad++;
+          break;
+        }
+      if (run->released)
+        released += run->npages;
+      else
+        committed += run->npages;
+      struct span *right = last + 1 < pages ? get_page(heap, last + 1) : NULL;
+      if (right && right->kind == SPAN_FREE && right->released == run->released) {
+        fprintf(stderr, "ccache_check_heap: free runs at pages %zu and %zu are adjacent and both "
+                        "%s: they should have merged\n",
+                first, last + 1, run->released ? "released" : "committed");
+        bad++;
+      }
+    }
+  if (committed != heap->free_pages || released != heap->released_pages) {
+    fprintf(stderr, "ccache_check_heap: free runs hold %lu committed and %lu released pages; "
+                    "the counts say %lu and %lu\n",
+            (unsigned long)committed, (unsigned long)released, (unsigned long)heap->free_pages,
+            (unsigned long)heap->released_pages);
+    bad++;
+  }
+  return bad;
 }
