@@ -394,12 +394,16 @@ int ccache_drain_all(struct ccache_heap *heap) {
 }
 
 size_t ccache_trim(struct ccache_heap *heap) {
+  // What goes back: the spares, and every page madvised meanwhile (spans that come back
+  // past the release threshold are released as they come, the rest at the end).
+  uint64_t released_before = page_heap_released_total(heap);
   // Every cache, even when one CPU's fence fails (its blocks then stay where they are).
   for (int cpu = 0; cpu < heap->ncpus; cpu++) cpu_cache_drain(heap, cpu);
   central_flush_transfer(heap);
   central_release_free_spans(heap);
   size_t bytes = large_release_spares(heap, false);
-  return bytes + page_heap_release_all(heap);
+  page_heap_release_all(heap);
+  return bytes + (size_t)(page_heap_released_total(heap) - released_before);
 }
 
 enum rseq_mode ccache_heap_mode(const struct ccache_heap *heap) { return heap->mode.mode; }

@@ -69,8 +69,8 @@
 //
 // Locks (each with its reason at the declaration); order, outermost first:
 //   heap->reclaim_lock -> heap->drain_lock -> central_lock[stripe] -> heap->page_lock;
-//   heap->reclaim_lock -> large_lock (the scan ages the spares), never large_lock with
-//   another; heap->meta_lock is a leaf. fork() takes all of them (atfork
+//   heap->reclaim_lock -> large_lock (the scan ages the spares); large_lock nests in
+//   no other lock but these two and the fork handlers'; heap->meta_lock is a leaf. fork() takes all of them (atfork
 //   handlers).
 #ifndef CCACHE_ALLOCATOR_INTERNAL_H_
 #define CCACHE_ALLOCATOR_INTERNAL_H_
@@ -316,6 +316,8 @@ void page_heap_free_small(struct ccache_heap *heap, struct span *s);
 // Every free page not yet given back to the OS is given back now, whatever the
 // threshold; returns the bytes (page_lock taken inside).
 size_t page_heap_release_all(struct ccache_heap *heap);
+// Bytes madvised away so far (page_lock taken inside).
+uint64_t page_heap_released_total(struct ccache_heap *heap);
 // ccache_check_heap's part, with page_lock held: problems found (each on stderr).
 int page_heap_check_runs(struct ccache_heap *heap);
 // The class_of_page word of page `page` (span s): set once all its blocks are carved.

@@ -86,7 +86,9 @@ int main(int argc, char **argv) {
   check_ours(m, "pvalloc");
   CHECK(malloc_usable_size(m) >= 4096);
   free(m);
-  // malloc_trim is ours: what the heap holds free goes back to the OS.
+  // malloc_trim is ours: what the heap holds free goes back to the OS. (The early thread
+  // first: its frees could otherwise bring back free pages after the trim.)
+  pthread_join(early, NULL);
   void *blocks[2000];
   for (int i = 0; i < 2000; i++) check_ours(blocks[i] = malloc((size_t)(i % 50) * 100 + 1), "malloc");
   void *large = malloc(4 << 20);
@@ -113,7 +115,6 @@ int main(int argc, char **argv) {
   }
   test_wait_fork_child(pid, "in malloc/free");
   for (int i = 0; i < 4; i++) pthread_join(late[i], NULL);
-  pthread_join(early, NULL);
   printf("ok: every entry of the malloc family, libc's strdup, threads started before and "
          "after the first malloc, and a fork child use the ccache heap (%s mode)\n",
          rseq_mode_name(ccache_heap_mode(ccache_process_heap())));

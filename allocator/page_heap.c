@@ -238,6 +238,40 @@ static void release_pages(struct ccache_heap *heap, uintptr_t start, size_t npag
   heap->released_total += bytes;
 }
 
+// Merges into `run` (in no list) the free runs next to it, and the ones next to those:
+// committed ones when `take_committed`, released ones when `take_released`, which also
+// releases the committed ones taken (the merged run is then released). page_lock held.
+static void coalesce(struct ccache_heap *heap, struct span *run, bool take_committed,
+                     bool take_released) {
+  for (;;) {  // the runs to the left
+    size_t f = page_of(heap, run->start);
+    struct span *left = f > 0 ? get_page(heap, f - 1) : NULL;
+    if (!left || left->kind != SPAN_FREE || !(left->released ? take_released : take_committed))
+      break;
+    run_remove(heap, left);
+    set_page(heap, f - 1, NULL);
+    set_page(heap, page_of(heap, left->start), NULL);
+    if (take_released && !left->released) release_pages(heap, left->start, left->npages);
+    run->start = left->start;
+    run->npages += left->npages;
+    meta_span_free(heap, left);  // meta_lock: a leaf
+  }
+  for (;;) {  // the runs to the right
+    size_t last = page_of(heap, run->start) + run->npages - 1;
+    struct span *right =
+        (last + 1) << PAGE_SHIFT < heap->frontier ? get_page(heap, last + 1) : NULL;
+    if (!right || right->kind != SPAN_FREE ||
+        !(right->released ? take_released : take_committed))
+      break;
+    run_remove(heap, right);
+    set_page(heap, last + 1, NULL);
+    set_page(heap, page_of(heap, right->start) + right->npages - 1, NULL);
+    if (take_released && !right->released) release_pages(heap, right->start, right->npages);
+    run->npages += right->npages;
+    meta_span_free(heap, right);
+  }
+}
+
 void page_heap_free_small(struct ccache_heap *heap, struct span *s) {
   struct span *run = meta_span_alloc(heap);
   pthread_mutex_lock(&heap->page_lock);
@@ -248,7 +282,7 @@ void page_heap_free_small(struct ccache_heap *heap, struct span *s) {
   }
   if (!run) {
     // No metadata for a free run: keep the pages out of use (leaked to the heap, still
-    // returned at destroy). They were committed; count them as free, not released.
+    // returned at destroy). No run holds them, so no count does either.
     pthread_mutex_unlock(&heap->page_lock);
     meta_span_free(heap, s);
     return;
@@ -266,30 +300,7 @@ void page_heap_free_small(struct ccache_heap *heap, struct span *s) {
   // released_bytes.) Runs alternate at most: merging one committed neighbour can
   // bring a released one next, which a release merges too.
   bool release = (heap->free_pages + n) << PAGE_SHIFT > heap->release_threshold;
-  for (;;) {  // the runs to the left
-    size_t f = page_of(heap, run->start);
-    struct span *left = f > 0 ? get_page(heap, f - 1) : NULL;
-    if (!left || left->kind != SPAN_FREE || (left->released && !release)) break;
-    run_remove(heap, left);
-    set_page(heap, f - 1, NULL);
-    set_page(heap, page_of(heap, left->start), NULL);
-    if (release && !left->released) release_pages(heap, left->start, left->npages);
-    run->start = left->start;
-    run->npages += left->npages;
-    meta_span_free(heap, left);
-  }
-  for (;;) {  // the runs to the right
-    size_t last = page_of(heap, run->start) + run->npages - 1;
-    struct span *right =
-        (last + 1) << PAGE_SHIFT < heap->frontier ? get_page(heap, last + 1) : NULL;
-    if (!right || right->kind != SPAN_FREE || (right->released && !release)) break;
-    run_remove(heap, right);
-    set_page(heap, last + 1, NULL);
-    set_page(heap, page_of(heap, right->start) + right->npages - 1, NULL);
-    if (release && !right->released) release_pages(heap, right->start, right->npages);
-    run->npages += right->npages;
-    meta_span_free(heap, right);
-  }
+  coalesce(heap, run, true, release);
   if (release) release_pages(heap, s->start, n);
   run->released = release;
   run_insert(heap, run);
@@ -298,42 +309,38 @@ void page_heap_free_small(struct ccache_heap *heap, struct span *s) {
 }
 
 size_t page_heap_release_all(struct ccache_heap *heap) {
-  size_t bytes = 0;
   // Guards the free runs and their counts (see struct ccache_heap).
   pthread_mutex_lock(&heap->page_lock);
+  // The committed runs, chained through meta_next (free for a run in the lists). No two
+  // of them are next to each other, so merging one never takes another: each is
+  // released, then merged with the released runs around it (a committed run not
+  // handled yet is not taken; it merges when its turn comes).
+  struct span *todo = NULL;
   for (unsigned b = 0; b < PAGE_HEAP_BUCKETS; b++)
-    for (struct span *run = heap->free_runs[b]; run; run = run->next) {
-      if (run->released) continue;
-      release_pages(heap, run->start, run->npages);
-      run->released = true;
-      heap->free_pages -= run->npages;
-      heap->released_pages += run->npages;
-      bytes += run->npages << PAGE_SHIFT;
-    }
-  // Every run is released now: a run that was committed merges with its released
-  // neighbours (they were kept apart only while their states differed). Rare (a trim),
-  // so simply: merge one pair, scan again.
-  for (bool merged = true; merged;) {
-    merged = false;
-    for (unsigned b = 0; b < PAGE_HEAP_BUCKETS && !merged; b++)
-      for (struct span *run = heap->free_runs[b]; run; run = run->next) {
-        size_t last = page_of(heap, run->start) + run->npages - 1;
-        if ((last + 1) << PAGE_SHIFT >= heap->frontier) continue;
-        struct span *right = get_page(heap, last + 1);
-        if (!right || right->kind != SPAN_FREE) continue;
-        run_remove(heap, run);
-        run_remove(heap, right);
-        set_page(heap, last, NULL);  // the old inner boundaries
-        set_page(heap, last + 1, NULL);
-        run->npages += right->npages;
-        run_insert(heap, run);
-        meta_span_free(heap, right);  // meta_lock: a leaf
-        merged = true;
-        break;
+    for (struct span *run = heap->free_runs[b]; run; run = run->next)
+      if (!run->released) {
+        run->meta_next = todo;
+        todo = run;
       }
+  size_t bytes = 0;
+  for (struct span *run = todo, *next; run; run = next) {
+    next = run->meta_next;
+    run_remove(heap, run);
+    release_pages(heap, run->start, run->npages);
+    bytes += run->npages << PAGE_SHIFT;
+    run->released = true;
+    coalesce(heap, run, false, true);
+    run_insert(heap, run);
   }
   pthread_mutex_unlock(&heap->page_lock);
   return bytes;
+}
+
+uint64_t page_heap_released_total(struct ccache_heap *heap) {
+  pthread_mutex_lock(&heap->page_lock);  // released_total is written under it
+  uint64_t n = heap->released_total;
+  pthread_mutex_unlock(&heap->page_lock);
+  return n;
 }
 
 // Called with page_lock held (ccache_check_heap). The free runs: each in the bucket of
