@@ -172,8 +172,7 @@ void central_flush_transfer(struct ccache_heap *heap) {
   }
 }
 
-size_t central_release_free_spans(struct ccache_heap *heap) {
-  size_t n = 0;
+void central_release_free_spans(struct ccache_heap *heap) {
   for (unsigned cls = 0; cls < CCACHE_NUM_CLASSES; cls++) {
     struct central *c = &heap->central[cls];
     // Guards this class's central list; page_lock nests inside (page_heap_free_small).
@@ -186,9 +185,7 @@ size_t central_release_free_spans(struct ccache_heap *heap) {
       c->total_blocks -= s->nobjs;
       c->free_blocks -= s->nobjs;  // its free and its uncarved blocks
       page_heap_free_small(heap, s);
-      n++;
     }
     pthread_mutex_unlock(central_lock_of(heap, cls));
   }
-  return n;
 }

@@ -314,8 +314,8 @@ struct span *page_heap_alloc_small(struct ccache_heap *heap, unsigned cls);
 // Give an entirely free small span back (page_lock taken inside).
 void page_heap_free_small(struct ccache_heap *heap, struct span *s);
 // Every free page not yet given back to the OS is given back now, whatever the
-// threshold; returns the bytes (page_lock taken inside).
-size_t page_heap_release_all(struct ccache_heap *heap);
+// threshold (page_lock taken inside; page_heap_released_total counts them).
+void page_heap_release_all(struct ccache_heap *heap);
 // Bytes madvised away so far (page_lock taken inside).
 uint64_t page_heap_released_total(struct ccache_heap *heap);
 // ccache_check_heap's part, with page_lock held: problems found (each on stderr).
@@ -339,8 +339,8 @@ int central_take(struct ccache_heap *heap, unsigned cls, void **out, int n);
 void central_give(struct ccache_heap *heap, unsigned cls, void *const *blocks, int n);
 void central_flush_transfer(struct ccache_heap *heap);
 // Every entirely free span of every class goes back to the page heap (the class's
-// usual reserve of one span's worth of free blocks too); returns how many.
-size_t central_release_free_spans(struct ccache_heap *heap);
+// usual reserve of one span's worth of free blocks too).
+void central_release_free_spans(struct ccache_heap *heap);
 
 // cpu_cache.c
 int cpu_cache_init(struct ccache_heap *heap, size_t cpu_cache_bytes);

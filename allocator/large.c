@@ -35,14 +35,7 @@ static void unpoison_tail(const struct large_entry *e) {
 }
 
 void large_destroy(struct ccache_heap *heap) {
-  for (unsigned i = 0; i < heap->large_nspares; i++) {
-    struct large_spare *sp = &heap->large_spares[i];
-    // Poisoned while spare; munmap does not clear the shadow (see ccache_heap_destroy).
-    CCACHE_ASAN_UNPOISON((void *)sp->start, sp->size);
-    os_unmap((void *)sp->start, sp->size);
-  }
-  heap->large_nspares = 0;
-  heap->large_spare_bytes = 0;
+  large_release_spares(heap, false);
   if (!heap->large) return;
   for (size_t i = 0; i < heap->large_cap; i++) {
     struct large_entry *e = &heap->large[i];

@@ -308,7 +308,7 @@ void page_heap_free_small(struct ccache_heap *heap, struct span *s) {
   meta_span_free(heap, s);
 }
 
-size_t page_heap_release_all(struct ccache_heap *heap) {
+void page_heap_release_all(struct ccache_heap *heap) {
   // Guards the free runs and their counts (see struct ccache_heap).
   pthread_mutex_lock(&heap->page_lock);
   // The committed runs, chained through meta_next (free for a run in the lists). No two
@@ -322,18 +322,15 @@ size_t page_heap_release_all(struct ccache_heap *heap) {
         run->meta_next = todo;
         todo = run;
       }
-  size_t bytes = 0;
   for (struct span *run = todo, *next; run; run = next) {
     next = run->meta_next;
     run_remove(heap, run);
     release_pages(heap, run->start, run->npages);
-    bytes += run->npages << PAGE_SHIFT;
     run->released = true;
     coalesce(heap, run, false, true);
     run_insert(heap, run);
   }
   pthread_mutex_unlock(&heap->page_lock);
-  return bytes;
 }
 
 uint64_t page_heap_released_total(struct ccache_heap *heap) {
