@@ -1,7 +1,9 @@
 // large.c: blocks over 256 KiB (or aligned beyond a page) get their own mapping,
 // found again by address in an open-addressing hash table. A freed mapping is kept as
 // a spare for the next large request (up to LARGE_SPARES, LARGE_SPARE_BYTES in all),
-// and realloc between large sizes moves pages with mremap instead of copying bytes.
+// and realloc between large sizes grows into the rest of its mapping or moves pages
+// with mremap instead of copying bytes (not for over-aligned blocks, nor under TSan
+// and MSan: see large_resize).
 #include <errno.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -225,12 +227,24 @@ int large_resize(struct ccache_heap *heap, void *ptr, size_t size, void **out) {
   if (usable < size || size <= CCACHE_MAX_SMALL) return 0;  // the caller's path decides
   pthread_mutex_lock(&heap->large_lock);
   struct large_entry *e = find(heap, (uintptr_t)ptr);
-  // Only a block that is its whole mapping: an over-aligned one would lose its alignment.
-  if (!e || e->map_start != e->addr || e->map_size != e->size) {
+  // Only a block at the start of its mapping: an over-aligned one would lose its
+  // alignment. (A block that reused a bigger spare qualifies: its mapping moves whole.)
+  if (!e || e->map_start != e->addr) {
     pthread_mutex_unlock(&heap->large_lock);
     return 0;
   }
   struct large_entry old = *e;
+  if (usable > old.size && usable <= old.map_size) {
+    // Growth that the mapping (a spare bigger than the block) already holds: no
+    // syscall. The pages that join the block were the spare's poisoned tail. (Shrinking
+    // goes through mremap: ccache_realloc keeps a block that wastes under half.)
+    CCACHE_ASAN_UNPOISON((void *)(old.addr + old.size), usable - old.size);
+    e->size = usable;
+    heap->large_bytes += usable - old.size;
+    pthread_mutex_unlock(&heap->large_lock);
+    *out = ptr;
+    return 1;
+  }
   // The table slot for the moved block, before the move: after it, nothing may fail.
   // (The lock is held across the syscall: large blocks are rare and already serialised.)
   if (reserve_slot(heap) != 0) {
@@ -240,8 +254,13 @@ int large_resize(struct ccache_heap *heap, void *ptr, size_t size, void **out) {
     *out = NULL;
     return 1;
   }
+  // A spare's tail is poisoned, and the shadow stays where the pages were: clean it
+  // before they move or go (poisoned again if the OS refuses).
+  unpoison_tail(&old);
   void *m = mremap((void *)old.map_start, old.map_size, usable, MREMAP_MAYMOVE);
   if (m == MAP_FAILED) {
+    if (old.map_size > old.size)
+      CCACHE_ASAN_POISON((void *)(old.addr + old.size), old.map_size - old.size);
     pthread_mutex_unlock(&heap->large_lock);
     os_count_failure(heap);
     errno = ENOMEM;
