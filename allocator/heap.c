@@ -560,5 +560,6 @@ CCACHE_NO_COVERAGE int ccache_check_heap(struct ccache_heap *heap) {
     if (marked[c] != in_caches + ce->ntransfer + listed_free) FAIL_CHECK("class %u: %lu carved blocks marked free, %lu in CPU caches + %u transfer + %lu on span lists", c, (unsigned long)marked[c], (unsigned long)in_caches, ce->ntransfer, (unsigned long)listed_free);
   }
   for (unsigned s = CENTRAL_STRIPES; s-- > 0;) pthread_mutex_unlock(&heap->central_lock[s].lock);
+  if (large_check(heap)) rc = -1;
   return rc;
 }

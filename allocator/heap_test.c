@@ -288,6 +288,7 @@ static void test_large_spares(enum rseq_mode mode, enum rseq_index index) {
   unsigned char *c = ccache_realloc(h, g, 5 << 20);
   CHECK(c != NULL && ccache_malloc_usable_size(h, c) >= (5u << 20));
   verify(c, 900 << 10, 76, "large realloc up");
+  check_consistent(h);  // the block lies within its mapping
   ccache_get_stats(h, &st);
   if (!CCACHE_HAVE_TSAN && !CCACHE_HAVE_MSAN)
     CHECK(st.large_spares == spares && st.large_bytes == (5u << 20),

@@ -380,6 +380,10 @@ size_t large_usable_size(struct ccache_heap *heap, const void *ptr);  // 0: not 
 // Unmaps the spares: all of them, or (`idle_only`, the idle reclaim's scan) those freed
 // before the previous scan and not reused since. Returns the bytes unmapped.
 size_t large_release_spares(struct ccache_heap *heap, bool idle_only);
+// ccache_check_heap's part for large blocks: every live block lies within its mapping,
+// and the table's and the spares' counts and byte totals match what they hold. 0 when
+// they do, else -1 and a message on stderr. Needs quiescence.
+int large_check(struct ccache_heap *heap);
 
 static inline pthread_mutex_t *central_lock_of(struct ccache_heap *heap, unsigned cls) {
   return &heap->central_lock[cls % CENTRAL_STRIPES].lock;

@@ -5,6 +5,7 @@
 // with mremap instead of copying bytes (not for over-aligned blocks, nor under TSan
 // and MSan: see large_resize).
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -59,11 +60,13 @@ static struct large_entry *find(struct ccache_heap *heap, uintptr_t addr) {
   return NULL;
 }
 
-static void insert(struct large_entry *table, size_t cap, const struct large_entry *in) {
+// Returns 1 when the slot it took was a tombstone (the caller counts one less).
+static int insert(struct large_entry *table, size_t cap, const struct large_entry *in) {
   for (size_t i = hash(in->addr, cap);; i = (i + 1) & (cap - 1)) {
     if (table[i].addr <= TOMB) {
+      int tomb = table[i].addr == TOMB;
       table[i] = *in;
-      return;
+      return tomb;
     }
   }
 }
@@ -75,7 +78,7 @@ static int reserve_slot(struct ccache_heap *heap) {
   struct large_entry *t = os_map(cap * sizeof *t);
   if (!t) return -1;
   for (size_t i = 0; i < heap->large_cap; i++)
-    if (heap->large[i].addr > TOMB) insert(t, cap, &heap->large[i]);
+    if (heap->large[i].addr > TOMB) (void)insert(t, cap, &heap->large[i]);  // no tombs in t
   os_unmap(heap->large, heap->large_cap * sizeof *heap->large);
   heap->large = t;
   heap->large_cap = cap;
@@ -146,7 +149,7 @@ void *large_alloc(struct ccache_heap *heap, size_t size, size_t alignment, bool 
     errno = ENOMEM;
     return NULL;
   }
-  insert(heap->large, heap->large_cap, &e);
+  heap->large_tombs -= (size_t)insert(heap->large, heap->large_cap, &e);
   heap->large_used++;
   heap->large_count++;
   heap->large_bytes += usable;
@@ -270,7 +273,7 @@ int large_resize(struct ccache_heap *heap, void *ptr, size_t size, void **out) {
   find(heap, old.addr)->addr = TOMB;  // reserve_slot may have moved the table
   heap->large_tombs++;
   struct large_entry moved = {(uintptr_t)m, usable, usable, (uintptr_t)m};
-  insert(heap->large, heap->large_cap, &moved);
+  heap->large_tombs -= (size_t)insert(heap->large, heap->large_cap, &moved);
   heap->large_bytes += usable - old.size;
   heap->large_mapped += usable - old.map_size;
   pthread_mutex_unlock(&heap->large_lock);
@@ -285,4 +288,53 @@ size_t large_usable_size(struct ccache_heap *heap, const void *ptr) {
   size_t n = e ? e->size : 0;
   pthread_mutex_unlock(&heap->large_lock);
   return n;
+}
+
+#define LARGE_FAIL(...)                                      \
+  do {                                                       \
+    fprintf(stderr, "ccache_check_heap: " __VA_ARGS__);      \
+    fputc('\n', stderr);                                     \
+    rc = -1;                                                 \
+  } while (0)
+
+CCACHE_NO_COVERAGE int large_check(struct ccache_heap *heap) {
+  int rc = 0;
+  size_t live = 0, tombs = 0;
+  uint64_t bytes = 0, mapped = 0, spare_bytes = 0;
+  // large_lock: the table and the spares change under it.
+  pthread_mutex_lock(&heap->large_lock);
+  for (size_t i = 0; i < heap->large_cap; i++) {
+    const struct large_entry *e = &heap->large[i];
+    if (e->addr == TOMB) tombs++;
+    if (e->addr <= TOMB) continue;
+    live++;
+    bytes += e->size;
+    mapped += e->map_size;
+    if (!e->size || e->size % OS_PAGE || e->map_start % OS_PAGE || e->addr < e->map_start ||
+        e->map_size < e->size || e->addr - e->map_start > e->map_size - e->size)
+      LARGE_FAIL("large block %#lx+%zu lies outside its mapping %#lx+%zu", (unsigned long)e->addr,
+                 e->size, (unsigned long)e->map_start, e->map_size);
+    if (find(heap, e->addr) != e)
+      LARGE_FAIL("large block %#lx is not found by its address", (unsigned long)e->addr);
+  }
+  if (live != heap->large_used || live != heap->large_count || tombs != heap->large_tombs ||
+      bytes != heap->large_bytes || mapped != heap->large_mapped)
+    LARGE_FAIL("large table: %zu blocks, %zu tombstones, %lu B in %lu B of mappings; counted "
+               "%zu used, %lu count, %zu tombstones, %lu B, %lu B", live, tombs,
+               (unsigned long)bytes, (unsigned long)mapped, heap->large_used,
+               (unsigned long)heap->large_count, heap->large_tombs,
+               (unsigned long)heap->large_bytes, (unsigned long)heap->large_mapped);
+  if (heap->large_nspares > LARGE_SPARES)
+    LARGE_FAIL("%u large spares (at most %d)", heap->large_nspares, LARGE_SPARES);
+  for (unsigned i = 0; i < heap->large_nspares && i < LARGE_SPARES; i++) {
+    const struct large_spare *sp = &heap->large_spares[i];
+    if (!sp->start || sp->start % OS_PAGE || !sp->size || sp->size % OS_PAGE)
+      LARGE_FAIL("large spare %u: %#lx+%zu", i, (unsigned long)sp->start, sp->size);
+    spare_bytes += sp->size;
+  }
+  if (spare_bytes != heap->large_spare_bytes || spare_bytes > LARGE_SPARE_BYTES)
+    LARGE_FAIL("large spares hold %lu B, counted %lu B (at most %zu)", (unsigned long)spare_bytes,
+               (unsigned long)heap->large_spare_bytes, (size_t)LARGE_SPARE_BYTES);
+  pthread_mutex_unlock(&heap->large_lock);
+  return rc;
 }
