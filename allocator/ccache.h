@@ -125,6 +125,11 @@ struct ccache_stats {
   uint64_t reclaimed_regions; // idle CPU caches drained by the reclaim
 };
 
+// The free-page bytes kept before the page heap gives pages back with madvise (the
+// release_threshold option, which this replaces; here 0 means give back every free run
+// at once). mallopt(M_TRIM_THRESHOLD) of the malloc replacement sets it.
+void ccache_set_release_threshold(struct ccache_heap *heap, size_t bytes);
+
 // A consistent snapshot needs quiescence; concurrent use gives approximate numbers.
 void ccache_get_stats(struct ccache_heap *heap, struct ccache_stats *out);
 // Checks the heap's internal invariants (counts, span states, page map); 0 when they

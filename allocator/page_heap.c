@@ -387,3 +387,10 @@ CCACHE_NO_COVERAGE int page_heap_check_runs(struct ccache_heap *heap) {
   }
   return bad;
 }
+
+void ccache_set_release_threshold(struct ccache_heap *heap, size_t bytes) {
+  // page_lock: page_heap_free_small reads the threshold under it.
+  pthread_mutex_lock(&heap->page_lock);
+  heap->release_threshold = bytes;
+  pthread_mutex_unlock(&heap->page_lock);
+}

@@ -7,11 +7,13 @@
 //   CCACHE_STATS=1 (print the heap's stats at exit)
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "allocator/ccache.h"
@@ -271,4 +273,137 @@ size_t malloc_usable_size(void *ptr) {
   if (!ptr) return 0;
   if (in_bootstrap(ptr)) return *(size_t *)((char *)ptr - 16);
   return ccache_malloc_usable_size(heap(), ptr);
+}
+
+// ---------------------------------------------------------------------------------
+// glibc's malloc introspection and tuning, answered for the ccache heap (a program
+// that asked glibc's arenas would read near-zero numbers about an allocator that does
+// not serve it). The fields keep glibc's meanings where ccache has the thing:
+//   arena     bytes committed from the OS other than large blocks' mappings
+//   ordblks   free blocks: in CPU caches and central lists, plus large spares
+//   hblks     large blocks (each its own mapping), hblkhd their bytes
+//   uordblks  small blocks in use (class sizes); large ones are in hblkhd only
+//   fordblks  bytes free in CPU caches, central lists and committed free pages
+//   keepcost  what malloc_trim could give back at least: free pages and large spares
+// smblks, usmblks and fsmblks are 0 (no fastbins; glibc too keeps usmblks 0).
+static struct mallinfo2 info_of(const struct ccache_stats *st) {
+  struct mallinfo2 m = {0};
+  uint64_t free_blocks = st->large_spares;
+  for (unsigned c = 0; c < CCACHE_NUM_CLASSES; c++)
+    free_blocks += st->classes[c].cached_cpu + st->classes[c].central;
+  uint64_t large = st->large_bytes + st->large_spare_bytes;
+  m.arena = st->os_bytes > large ? st->os_bytes - large : 0;
+  m.ordblks = free_blocks;
+  m.hblks = st->large_count;
+  m.hblkhd = st->large_bytes;
+  m.uordblks = st->in_use_bytes - st->large_bytes;
+  m.fordblks = st->cached_bytes + st->central_bytes + st->page_heap_free_bytes;
+  m.keepcost = st->page_heap_free_bytes + st->large_spare_bytes;
+  return m;
+}
+
+// A snapshot of the heap's statistics in pages of its own (they are ~9 KiB: too big for
+// a small thread stack; from the heap they would count themselves; a static buffer
+// would need a lock, and a lock held by another thread at fork would hang the child's
+// call). NULL when there is no heap yet or no memory; release with stats_put.
+static struct ccache_stats *stats_get(void) {
+  struct ccache_heap *h = heap();
+  if (!h) return NULL;
+  struct ccache_stats *st = mmap(NULL, sizeof *st, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (st == MAP_FAILED) return NULL;
+  ccache_get_stats(h, st);
+  return st;
+}
+
+static void stats_put(struct ccache_stats *st) { munmap(st, sizeof *st); }
+
+// Each of these called from inside the heap's creation (no heap yet), or when the
+// snapshot's pages are refused, answers as an empty heap, or fails with ENOMEM.
+struct mallinfo2 mallinfo2(void) {
+  struct ccache_stats *st = stats_get();
+  if (!st) return (struct mallinfo2){0};
+  struct mallinfo2 m = info_of(st);
+  stats_put(st);
+  return m;
+}
+
+// The old interface, with glibc's int fields (truncated as glibc truncates them).
+struct mallinfo mallinfo(void) {
+  struct mallinfo2 m2 = mallinfo2();
+  struct mallinfo m = {(int)m2.arena,   (int)m2.ordblks,  (int)m2.smblks,   (int)m2.hblks,
+                       (int)m2.hblkhd,  (int)m2.usmblks,  (int)m2.fsmblks,  (int)m2.uordblks,
+                       (int)m2.fordblks, (int)m2.keepcost};
+  return m;
+}
+
+// glibc prints its arenas to stderr; this prints the heap, with glibc's two headline
+// lines ("system bytes", "in use bytes") first.
+void malloc_stats(void) {
+  struct ccache_stats *st = stats_get();
+  if (!st) return;
+  fprintf(stderr,
+          "ccache heap (%s mode, %s index):\n"
+          "system bytes     = %10lu\n"
+          "in use bytes     = %10lu\n"
+          "CPU cache bytes  = %10lu\n"
+          "central bytes    = %10lu\n"
+          "free page bytes  = %10lu\n"
+          "released bytes   = %10lu (total so far)\n"
+          "large blocks     = %10lu (%lu B; %lu spares, %lu B)\n",
+          rseq_mode_name(st->mode), rseq_index_name(st->index), (unsigned long)st->os_bytes,
+          (unsigned long)st->in_use_bytes, (unsigned long)st->cached_bytes,
+          (unsigned long)st->central_bytes, (unsigned long)st->page_heap_free_bytes,
+          (unsigned long)st->released_bytes, (unsigned long)st->large_count,
+          (unsigned long)st->large_bytes, (unsigned long)st->large_spares,
+          (unsigned long)st->large_spare_bytes);
+  stats_put(st);
+}
+
+// As glibc's: options must be 0 (else EINVAL); XML on fp, one <size> per class.
+int malloc_info(int options, FILE *fp) {
+  if (options != 0 || !fp) {
+    errno = EINVAL;
+    return -1;
+  }
+  struct ccache_stats *st = stats_get();
+  if (!st) {
+    errno = ENOMEM;
+    return -1;
+  }
+  fprintf(fp, "<malloc version=\"ccache-1\">\n<heap mode=\"%s\" index=\"%s\">\n<sizes>\n",
+          rseq_mode_name(st->mode), rseq_index_name(st->index));
+  for (unsigned c = 0; c < CCACHE_NUM_CLASSES; c++) {
+    const struct ccache_class_stats *cs = &st->classes[c];
+    if (!cs->in_use && !cs->cached_cpu && !cs->central && !cs->spans) continue;
+    fprintf(fp, "  <size class=\"%u\" bytes=\"%zu\" in_use=\"%lu\" cached=\"%lu\" "
+                "central=\"%lu\" spans=\"%lu\"/>\n", c, cs->size, (unsigned long)cs->in_use,
+            (unsigned long)cs->cached_cpu, (unsigned long)cs->central, (unsigned long)cs->spans);
+  }
+  fprintf(fp,
+          "</sizes>\n<total type=\"in_use\" count=\"-\" size=\"%lu\"/>\n"
+          "<total type=\"cpu_cache\" size=\"%lu\"/>\n<total type=\"central\" size=\"%lu\"/>\n"
+          "<total type=\"mmap\" count=\"%lu\" size=\"%lu\"/>\n"
+          "<total type=\"spare\" count=\"%lu\" size=\"%lu\"/>\n"
+          "<system type=\"current\" size=\"%lu\"/>\n<system type=\"released\" size=\"%lu\"/>\n"
+          "</heap>\n</malloc>\n",
+          (unsigned long)st->in_use_bytes, (unsigned long)st->cached_bytes,
+          (unsigned long)st->central_bytes, (unsigned long)st->large_count,
+          (unsigned long)st->large_bytes, (unsigned long)st->large_spares,
+          (unsigned long)st->large_spare_bytes, (unsigned long)st->os_bytes,
+          (unsigned long)st->released_bytes);
+  stats_put(st);
+  return 0;
+}
+
+// glibc's mallopt: 1 when the setting took effect, 0 when not. M_TRIM_THRESHOLD is the
+// heap's release threshold (free pages kept before madvise). ccache has no arenas,
+// fastbins, top pad, mmap threshold, check action or perturbation: those parameters,
+// and unknown ones, return 0 and change nothing.
+int mallopt(int param, int value) {
+  struct ccache_heap *h = heap();
+  if (h && param == M_TRIM_THRESHOLD && value >= 0) {
+    ccache_set_release_threshold(h, (size_t)value);
+    return 1;
+  }
+  return 0;
 }

@@ -4,6 +4,7 @@
 # python3 building and sorting a large dict, perl doing the same with a hash, sort(1)
 # on a large generated file, a gzip round trip, and git reading a repository (log with
 # stats, diffs, every object). CCACHE_STATS=1 proves the library was really in charge.
+# Then python's ctypes calls mallinfo2 and malloc_stats: the ccache heap answers.
 set -euo pipefail
 lib="$(pwd)/$1"
 make_repo="$(pwd)/$2"
@@ -62,5 +63,25 @@ run perl perl -e "$pl"
 run git bash -c "git -C '$repo' log --stat --format='%H %s' && git -C '$repo' diff HEAD~5 HEAD | md5sum && git -C '$repo' rev-list --objects --all | git -C '$repo' cat-file --batch-check"
 run sort sort "$tmp/input.txt"
 run gzip bash -c "gzip -c '$tmp/input.txt' | gzip -dc | md5sum"
+# glibc's introspection calls reach the ccache heap, not glibc's arenas: python's ctypes
+# calls malloc_stats and mallinfo2 of the preloaded process.
+intro='
+import ctypes
+class M(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = M
+big = ctypes.create_string_buffer(3 << 20)
+m = libc.mallinfo2()
+print(m.hblks >= 1, m.hblkhd >= 3 << 20, m.uordblks > 0)
+libc.malloc_stats()
+'
+for mode in rseq cas; do
+  out=$(CCACHE_MODE=$mode LD_PRELOAD="$lib" python3 -c "$intro" 2>&1) || { echo "FAIL: introspection (CCACHE_MODE=$mode) exited $?: $out"; fail=1; continue; }
+  if ! echo "$out" | grep -qx "True True True" || ! echo "$out" | grep -q "^ccache heap ($mode mode"; then
+    echo "FAIL: introspection (CCACHE_MODE=$mode): mallinfo2 or malloc_stats did not answer for the ccache heap:"; echo "$out"; fail=1; continue
+  fi
+  echo "ok: introspection, CCACHE_MODE=$mode: mallinfo2 and malloc_stats answer for the ccache heap"
+done
 [ $fail -eq 0 ] && echo PASS
 exit $fail
