@@ -300,15 +300,26 @@ static void test_large_spares(enum rseq_mode mode, enum rseq_index index) {
   CHECK(d != NULL && ccache_malloc_usable_size(h, d) >= (300u << 10));
   verify(d, 300 << 10, 78, "large realloc down");
   ccache_free(h, d);
-  // The bound: 20 blocks of 3 MiB freed keep at most 8 spares and 16 MiB.
+  // The bounds: 40 blocks of 300 KiB freed (12 MB, under the byte bound) keep 32 spares;
+  // 20 blocks of 3 MiB keep 5 (16 MiB at most).
+  ccache_trim(h);  // no spare left
+  void *q[40];
+  for (int i = 0; i < 40; i++) CHECK((q[i] = ccache_malloc(h, 300 << 10)) != NULL);
+  for (int i = 0; i < 40; i++) ccache_free(h, q[i]);
+  ccache_get_stats(h, &st);
+  CHECK(st.large_spares == 32 && st.large_spare_bytes == 32u * (300u << 10),
+        "40 blocks of 300 KiB freed: %lu spares, %lu B kept (want 32, %u B)",
+        (unsigned long)st.large_spares, (unsigned long)st.large_spare_bytes, 32u * (300u << 10));
+  check_consistent(h);
+  ccache_trim(h);
   void *p[20];
   for (int i = 0; i < 20; i++) CHECK((p[i] = ccache_malloc(h, 3 << 20)) != NULL);
   for (int i = 0; i < 20; i++) ccache_free(h, p[i]);
   ccache_get_stats(h, &st);
   CHECK(st.large_count == 0 && st.large_bytes == 0);
-  CHECK(st.large_spares <= 8 && st.large_spare_bytes <= (16u << 20),
-        "%lu spares, %lu B kept (bound: 8, 16 MiB)", (unsigned long)st.large_spares,
-        (unsigned long)st.large_spare_bytes);
+  CHECK(st.large_spares == 5 && st.large_spare_bytes == (15u << 20),
+        "20 blocks of 3 MiB freed: %lu spares, %lu B kept (want 5, 15 MiB: the 16 MiB bound)",
+        (unsigned long)st.large_spares, (unsigned long)st.large_spare_bytes);
   CHECK(st.os_bytes - st.large_spare_bytes <= os_before + (1 << 20),
         "os_bytes grew from %lu to %lu (%lu in spares) with no large block live",
         (unsigned long)os_before, (unsigned long)st.os_bytes, (unsigned long)st.large_spare_bytes);

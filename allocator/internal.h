@@ -145,8 +145,12 @@ struct large_entry {
 
 // Freed large mappings kept for the next large request (spares), as every general
 // allocator keeps some freed pages: at most LARGE_SPARES of them and LARGE_SPARE_BYTES
-// in all, so a heap holds at most that much more than its live blocks need.
-#define LARGE_SPARES 8
+// in all, so a heap holds at most that much more than its live blocks need. (The byte
+// bound is the memory bound; the count only bounds take_spare's scan. It was 8 until
+// 2026-12-04: the allocator fuzzers' streams, which free up to tens of large blocks at
+// once, then unmapped and mapped them again every stream; 32 made 58% fewer mmaps and
+// 65% fewer munmaps over the same inputs.)
+#define LARGE_SPARES 32
 #define LARGE_SPARE_BYTES ((size_t)16 << 20)
 struct large_spare {
   uintptr_t start;
