@@ -53,7 +53,8 @@ static void test_introspection(void) {
   static char buf[2][1 << 16];
   FILE *err = tmpfile(), *f = tmpfile();
   CHECK(err != NULL && f != NULL);
-  CHECK(setvbuf(err, buf[0], _IOFBF, sizeof buf[0]) == 0 && setvbuf(f, buf[1], _IOFBF, sizeof buf[1]) == 0);
+  CHECK(setvbuf(err, buf[0], _IOFBF, sizeof buf[0]) == 0 &&
+        setvbuf(f, buf[1], _IOFBF, sizeof buf[1]) == 0);
   struct mallinfo2 m0 = mallinfo2();
   static struct ccache_stats st;
   ccache_get_stats(ccache_process_heap(), &st);
@@ -70,7 +71,8 @@ static void test_introspection(void) {
   void *big = malloc(1 << 20);
   check_ours(big, "malloc(1 MiB)");
   struct mallinfo2 m1 = mallinfo2();
-  CHECK(m1.uordblks - m0.uordblks == N * cls, "mallinfo2: uordblks grew by %zu for %d blocks of %zu B",
+  CHECK(m1.uordblks - m0.uordblks == N * cls,
+        "mallinfo2: uordblks grew by %zu for %d blocks of %zu B",
         m1.uordblks - m0.uordblks, N, cls);
   CHECK(m1.hblks == m0.hblks + 1 && m1.hblkhd == m0.hblkhd + (1 << 20),
         "mallinfo2 after a 1 MiB block: hblks %zu -> %zu, hblkhd %zu -> %zu", m0.hblks, m1.hblks,
@@ -81,7 +83,8 @@ static void test_introspection(void) {
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"  // glibc's old interface: still exported
   struct mallinfo m = mallinfo();
 #pragma GCC diagnostic pop
-  CHECK(m.uordblks == (int)m1.uordblks && m.hblks == (int)m1.hblks, "mallinfo: uordblks %d, hblks %d",
+  CHECK(m.uordblks == (int)m1.uordblks && m.hblks == (int)m1.hblks,
+        "mallinfo: uordblks %d, hblks %d",
         m.uordblks, m.hblks);
   static char text[1 << 16];
   capture_stderr(err, malloc_stats, text, sizeof text);
@@ -99,7 +102,8 @@ static void test_introspection(void) {
   CHECK(strncmp(text, "<malloc version=\"ccache-1\">", 27) == 0 && strstr(text, "</malloc>"),
         "malloc_info wrote:\n%s", text);
   CHECK(number_after(text, "<total type=\"mmap\" count=\"") == mi.hblks &&
-            number_after(text, "<total type=\"in_use\" count=\"-\" size=\"") == mi.uordblks + mi.hblkhd,
+            number_after(text, "<total type=\"in_use\" count=\"-\" size=\"") ==
+                mi.uordblks + mi.hblkhd,
         "malloc_info wrote (mallinfo2 before it: %zu + %zu B in use, %zu large):\n%s",
         mi.uordblks, mi.hblkhd, mi.hblks, text);
   for (int i = 0; i < N; i++) free(small[i]);
@@ -125,8 +129,9 @@ static void test_introspection(void) {
     if (round == 0)  // the default threshold (4 MiB) keeps some: the check below has teeth
       CHECK(st.page_heap_free_bytes > 0, "12 MB freed kept no free pages at the default threshold");
     else
-      CHECK(st.page_heap_free_bytes == 0, "mallopt(M_TRIM_THRESHOLD, 0), then 12 MB freed: %lu B of "
-            "free pages kept", (unsigned long)st.page_heap_free_bytes);
+      CHECK(st.page_heap_free_bytes == 0,
+            "mallopt(M_TRIM_THRESHOLD, 0), then 12 MB freed: %lu B of free pages kept",
+            (unsigned long)st.page_heap_free_bytes);
   }
   CHECK_EQ(mallopt(M_TRIM_THRESHOLD, 4 << 20), 1);
   printf("ok: mallinfo2, mallinfo, malloc_stats, malloc_info and mallopt(M_TRIM_THRESHOLD) "

@@ -309,7 +309,8 @@ static struct mallinfo2 info_of(const struct ccache_stats *st) {
 static struct ccache_stats *stats_get(void) {
   struct ccache_heap *h = heap();
   if (!h) return NULL;
-  struct ccache_stats *st = mmap(NULL, sizeof *st, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  struct ccache_stats *st =
+      mmap(NULL, sizeof *st, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (st == MAP_FAILED) return NULL;
   ccache_get_stats(h, st);
   return st;

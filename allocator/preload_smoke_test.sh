@@ -68,7 +68,8 @@ run gzip bash -c "gzip -c '$tmp/input.txt' | gzip -dc | md5sum"
 intro='
 import ctypes
 class M(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena ordblks smblks hblks hblkhd usmblks "
+                                               "fsmblks uordblks fordblks keepcost").split()]
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = M
 big = ctypes.create_string_buffer(3 << 20)
@@ -77,8 +78,13 @@ print(m.hblks >= 1, m.hblkhd >= 3 << 20, m.uordblks > 0)
 libc.malloc_stats()
 '
 for mode in rseq cas; do
-  out=$(CCACHE_MODE=$mode LD_PRELOAD="$lib" python3 -c "$intro" 2>&1) || { echo "FAIL: introspection (CCACHE_MODE=$mode) exited $?: $out"; fail=1; continue; }
-  if ! echo "$out" | grep -qx "True True True" || ! echo "$out" | grep -q "^ccache heap ($mode mode"; then
+  rc=0
+  out=$(CCACHE_MODE=$mode LD_PRELOAD="$lib" python3 -c "$intro" 2>&1) || rc=$?
+  if [ $rc -ne 0 ]; then
+    echo "FAIL: introspection (CCACHE_MODE=$mode) exited $rc: $out"; fail=1; continue
+  fi
+  if ! echo "$out" | grep -qx "True True True" ||
+     ! echo "$out" | grep -q "^ccache heap ($mode mode"; then
     echo "FAIL: introspection (CCACHE_MODE=$mode): mallinfo2 or malloc_stats did not answer for the ccache heap:"; echo "$out"; fail=1; continue
   fi
   echo "ok: introspection, CCACHE_MODE=$mode: mallinfo2 and malloc_stats answer for the ccache heap"
