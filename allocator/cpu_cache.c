@@ -381,6 +381,12 @@ static uint64_t region_signature(const struct ccache_heap *heap, int cpu, uint64
   return sig;
 }
 
+uint64_t cpu_cache_region_count(const struct ccache_heap *heap, int cpu) {
+  uint64_t cached;
+  region_signature(heap, cpu, &cached);
+  return cached;
+}
+
 // One scan; reclaim_lock held.
 static int reclaim_scan(struct ccache_heap *heap) {
   int drained = 0;

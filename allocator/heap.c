@@ -397,8 +397,12 @@ size_t ccache_trim(struct ccache_heap *heap) {
   // What goes back: the spares, and every page madvised meanwhile (spans that come back
   // past the release threshold are released as they come, the rest at the end).
   uint64_t released_before = page_heap_released_total(heap);
-  // Every cache, even when one CPU's fence fails (its blocks then stay where they are).
-  for (int cpu = 0; cpu < heap->ncpus; cpu++) cpu_cache_drain(heap, cpu);
+  // Every cache that holds blocks, even when one CPU's fence fails (its blocks then stay
+  // where they are). An empty one is skipped: in RSEQ mode its drain would cost a fence
+  // (with the mm_cid index, one on every CPU) for nothing. A block cached there after
+  // the look stays cached, as one cached after its drain would.
+  for (int cpu = 0; cpu < heap->ncpus; cpu++)
+    if (cpu_cache_region_count(heap, cpu)) cpu_cache_drain(heap, cpu);
   central_flush_transfer(heap);
   central_release_free_spans(heap);
   size_t bytes = large_release_spares(heap, false);

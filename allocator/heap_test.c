@@ -390,6 +390,13 @@ static void test_trim(enum rseq_mode mode, enum rseq_index index, size_t release
   CHECK(after.large_spares == 0 && after.large_spare_bytes == 0, "%lu spares left",
         (unsigned long)after.large_spares);
   CHECK(after.cached_bytes == 0, "%lu B still cached", (unsigned long)after.cached_bytes);
+  // Only the caches that held blocks were drained (a drain fences in RSEQ mode: one
+  // syscall per CPU, or per cid, with nothing to take back).
+  int holding = 0;
+  for (int cpu = 0; cpu < before.ncpus; cpu++) holding += before.cpu_cached_bytes[cpu] > 0;
+  CHECK(after.drains - before.drains == (uint64_t)holding,
+        "trim drained %lu caches; %d held blocks", (unsigned long)(after.drains - before.drains),
+        holding);
   CHECK(after.page_heap_free_bytes == 0, "%lu B of free pages not released",
         (unsigned long)after.page_heap_free_bytes);
   // What trim says went back is what os_bytes lost (spans released as they came back
@@ -414,6 +421,10 @@ static void test_trim(enum rseq_mode mode, enum rseq_index index, size_t release
   for (int i = 1; i < N; i += 2) verify(p[i], sizes[i % 6], (uint64_t)i, "live block across trim");
   // Nothing is left to give back; the heap works on (released pages fault in again).
   CHECK(ccache_trim(h) == 0, "a second trim found more to give back");
+  struct ccache_stats again;
+  ccache_get_stats(h, &again);
+  CHECK(again.drains == after.drains, "a second trim drained %lu empty caches",
+        (unsigned long)(again.drains - after.drains));
   for (int i = 0; i < N; i += 2) {
     CHECK((p[i] = ccache_malloc(h, sizes[i % 6])) != NULL);
     fill(p[i], sizes[i % 6], (uint64_t)i + 1);

@@ -364,6 +364,9 @@ void cpu_cache_overflow(struct ccache_heap *heap, unsigned cls, void *block);
 // false when the cache is full or stopped.
 bool cpu_cache_push_one(struct ccache_heap *heap, unsigned cls, void *block);
 uint64_t cpu_cache_count(const struct ccache_heap *heap, int cpu, unsigned cls);
+// Blocks in region `cpu`, all classes (a racy snapshot: the sections there may be
+// changing it).
+uint64_t cpu_cache_region_count(const struct ccache_heap *heap, int cpu);
 int cpu_cache_items(const struct ccache_heap *heap, int cpu, unsigned cls, void **out);
 int cpu_cache_drain(struct ccache_heap *heap, int cpu);
 void cpu_cache_maybe_reclaim(struct ccache_heap *heap);
