@@ -4,10 +4,12 @@
 # python3 building and sorting a large dict, perl doing the same with a hash, sort(1)
 # on a large generated file, a gzip round trip, and git reading a repository (log with
 # stats, diffs, every object). CCACHE_STATS=1 proves the library was really in charge.
-# Then python's ctypes calls mallinfo2 and malloc_stats: the ccache heap answers.
+# Then python's ctypes calls mallinfo2 and malloc_stats: the ccache heap answers. And a
+# program exporting functions named as the library's internals does not capture them.
 set -euo pipefail
 lib="$(pwd)/$1"
 make_repo="$(pwd)/$2"
+probe="$(pwd)/$3"
 [ -f "$lib" ] || { echo "FAIL: $lib not found"; exit 1; }
 tmp="${TEST_TMPDIR:-$(mktemp -d)}"
 fail=0
@@ -88,6 +90,16 @@ for mode in rseq cas; do
     echo "FAIL: introspection (CCACHE_MODE=$mode): mallinfo2 or malloc_stats did not answer for the ccache heap:"; echo "$out"; fail=1; continue
   fi
   echo "ok: introspection, CCACHE_MODE=$mode: mallinfo2 and malloc_stats answer for the ccache heap"
+done
+# The library's internal names are its own: a program that exports functions of the
+# same names (allocator/interpose_probe.c, each aborts) does not capture its calls.
+for mode in rseq cas; do
+  rc=0
+  out=$(CCACHE_MODE=$mode LD_PRELOAD="$lib" "$probe" 2>&1) || rc=$?
+  if [ $rc -ne 0 ] || [ "$out" != "interpose_probe: ok" ]; then
+    echo "FAIL: interpose_probe (CCACHE_MODE=$mode) exited $rc:"; echo "$out"; fail=1; continue
+  fi
+  echo "ok: interpose_probe, CCACHE_MODE=$mode: the library calls its own internals"
 done
 [ $fail -eq 0 ] && echo PASS
 exit $fail
