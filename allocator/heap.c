@@ -85,8 +85,10 @@ __attribute__((noinline)) static void *malloc_no_index(struct ccache_heap *heap,
 }
 
 // A small block of class cls. Not inlined: ccache_malloc_pop must exist once in the
-// binary (one call site); every small allocation comes here.
-__attribute__((noinline)) void *ccache_malloc_class(struct ccache_heap *heap, unsigned long cls) {
+// binary (one call site); every small allocation comes here. Aligned to a cache line
+// (CCACHE_HOT_ALIGN), as ccache_free: where the link put them by chance decided up to
+// a nanosecond of a malloc+free pair.
+__attribute__((noinline)) CCACHE_HOT_ALIGN void *ccache_malloc_class(struct ccache_heap *heap, unsigned long cls) {
   struct rseq_abi *area = rseq_tls_area_;
   if (__builtin_expect(area == NULL, 0)) return malloc_no_index(heap, cls);
   uint32_t *idx = rseq_index_field(area, heap->index_off);
@@ -196,7 +198,7 @@ __attribute__((noinline, cold)) void ccache_free_rejected(struct ccache_heap *he
 }
 
 // Not inlined: ccache_free_push must exist once in the binary (one call site).
-__attribute__((noinline)) void ccache_free(struct ccache_heap *heap, void *ptr) {
+__attribute__((noinline)) CCACHE_HOT_ALIGN void ccache_free(struct ccache_heap *heap, void *ptr) {
   uintptr_t off = (uintptr_t)ptr - heap->base;  // NULL and large blocks fall outside
   if (__builtin_expect(off >= heap->reserve_bytes, 0)) return free_not_small(heap, ptr);
   int c = block_class(heap, off);

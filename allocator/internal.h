@@ -408,6 +408,14 @@ void ccache_free_slow(struct ccache_heap *heap, void *ptr) __attribute__((visibi
 // ccache_free under a name the malloc replacement (preload.c) calls directly, not
 // through the PLT of libccache_malloc.so.
 void ccache_free_local(struct ccache_heap *heap, void *ptr) __attribute__((visibility("hidden")));
+
+// The fast path's functions (malloc, free, ccache_malloc_class, ccache_free) start on a
+// cache line: each then spans as few lines (and 32-byte fetch blocks) as its length
+// allows, wherever the link puts it. Measured 2026-12-04: relinking the library with a
+// version script moved ccache_malloc_class from a 128-byte boundary to one of 32 bytes
+// (three lines instead of two), and the 32 B malloc+free pair's fastest run went from
+// 7.0 to 8.2 ns.
+#define CCACHE_HOT_ALIGN __attribute__((aligned(64)))
 // ccache_malloc's two halves: a block of class cls (where the malloc section is), and
 // sizes over 1 KiB. The malloc replacement looks the small classes up itself.
 void *ccache_malloc_class(struct ccache_heap *heap, unsigned long cls)

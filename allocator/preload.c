@@ -171,14 +171,14 @@ __attribute__((noinline)) static void free_first(void *ptr) {
 }
 
 // Both leave with a tail call: no frame, no saved register on the way to the heap.
-void *malloc(size_t size) {
+CCACHE_HOT_ALIGN void *malloc(size_t size) {
   struct ccache_heap *h = atomic_load_explicit(&process_heap, memory_order_acquire);
   if (__builtin_expect(h == NULL, 0)) return malloc_first(size);
   if (__builtin_expect(size > 1024, 0)) return ccache_malloc_big(h, size);
   return ccache_malloc_class(h, ccache_small_class_table[(size + 15) >> 4]);
 }
 
-void free(void *ptr) {
+CCACHE_HOT_ALIGN void free(void *ptr) {
   // Bootstrap memory and NULL fall outside the heap's reservation: ccache_free sends
   // them off its fast path, and ignores them (ccache_ignore_frees).
   struct ccache_heap *h = atomic_load_explicit(&process_heap, memory_order_acquire);
