@@ -88,7 +88,8 @@ __attribute__((noinline)) static void *malloc_no_index(struct ccache_heap *heap,
 // binary (one call site); every small allocation comes here. Aligned to a cache line
 // (CCACHE_HOT_ALIGN), as ccache_free: where the link put them by chance decided up to
 // a nanosecond of a malloc+free pair.
-__attribute__((noinline)) CCACHE_HOT_ALIGN void *ccache_malloc_class(struct ccache_heap *heap, unsigned long cls) {
+__attribute__((noinline)) CCACHE_HOT_ALIGN void *ccache_malloc_class(struct ccache_heap *heap,
+                                                                     unsigned long cls) {
   struct rseq_abi *area = rseq_tls_area_;
   if (__builtin_expect(area == NULL, 0)) return malloc_no_index(heap, cls);
   uint32_t *idx = rseq_index_field(area, heap->index_off);

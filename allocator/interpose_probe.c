@@ -32,7 +32,6 @@ PROBE(cpu_cache_overflow)
 PROBE(page_heap_alloc_small)
 PROBE(page_heap_free_small)
 PROBE(meta_span_alloc)
-PROBE(ccache_report_bad_free_)  // (a near miss: not an internal name)
 
 int main(void) {
   void *p[64];
