@@ -471,13 +471,6 @@ CCACHE_NO_COVERAGE void ccache_get_stats(struct ccache_heap *heap, struct ccache
   out->os_failures = atomic_load_explicit(&heap->os_failures, memory_order_relaxed);
 }
 
-#define FAIL_CHECK(...)                    \
-  do {                                     \
-    fprintf(stderr, "ccache_check_heap: " __VA_ARGS__); \
-    fputc('\n', stderr);                   \
-    rc = -1;                               \
-  } while (0)
-
 // A free-marked block seen in a list must be a block start of class cls.
 CCACHE_NO_COVERAGE static void check_free_block(struct ccache_heap *heap, unsigned cls, const void *b,
                              const char *where, int *rc) {

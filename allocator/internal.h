@@ -70,8 +70,8 @@
 // Locks (each with its reason at the declaration); order, outermost first:
 //   heap->reclaim_lock -> heap->drain_lock -> central_lock[stripe] -> heap->page_lock;
 //   heap->reclaim_lock -> large_lock (the scan ages the spares); large_lock nests in
-//   no other lock but these two and the fork handlers'; heap->meta_lock is a leaf. fork() takes all of them (atfork
-//   handlers).
+//   no other lock but these two and the fork handlers'; heap->meta_lock is a leaf.
+//   fork() takes all of them (atfork handlers).
 #ifndef CCACHE_ALLOCATOR_INTERNAL_H_
 #define CCACHE_ALLOCATOR_INTERNAL_H_
 
@@ -391,6 +391,15 @@ size_t large_release_spares(struct ccache_heap *heap, bool idle_only);
 // and the table's and the spares' counts and byte totals match what they hold. 0 when
 // they do, else -1 and a message on stderr. Needs quiescence.
 int large_check(struct ccache_heap *heap);
+
+// ccache_check_heap and its parts: report one broken invariant (a line on stderr) and
+// set the checker's local `rc` to -1.
+#define FAIL_CHECK(...)                                 \
+  do {                                                  \
+    fprintf(stderr, "ccache_check_heap: " __VA_ARGS__); \
+    fputc('\n', stderr);                                \
+    rc = -1;                                            \
+  } while (0)
 
 static inline pthread_mutex_t *central_lock_of(struct ccache_heap *heap, unsigned cls) {
   return &heap->central_lock[cls % CENTRAL_STRIPES].lock;

@@ -290,13 +290,6 @@ size_t large_usable_size(struct ccache_heap *heap, const void *ptr) {
   return n;
 }
 
-#define LARGE_FAIL(...)                                      \
-  do {                                                       \
-    fprintf(stderr, "ccache_check_heap: " __VA_ARGS__);      \
-    fputc('\n', stderr);                                     \
-    rc = -1;                                                 \
-  } while (0)
-
 CCACHE_NO_COVERAGE int large_check(struct ccache_heap *heap) {
   int rc = 0;
   size_t live = 0, tombs = 0;
@@ -312,28 +305,28 @@ CCACHE_NO_COVERAGE int large_check(struct ccache_heap *heap) {
     mapped += e->map_size;
     if (!e->size || e->size % OS_PAGE || e->map_start % OS_PAGE || e->addr < e->map_start ||
         e->map_size < e->size || e->addr - e->map_start > e->map_size - e->size)
-      LARGE_FAIL("large block %#lx+%zu lies outside its mapping %#lx+%zu", (unsigned long)e->addr,
+      FAIL_CHECK("large block %#lx+%zu lies outside its mapping %#lx+%zu", (unsigned long)e->addr,
                  e->size, (unsigned long)e->map_start, e->map_size);
     if (find(heap, e->addr) != e)
-      LARGE_FAIL("large block %#lx is not found by its address", (unsigned long)e->addr);
+      FAIL_CHECK("large block %#lx is not found by its address", (unsigned long)e->addr);
   }
   if (live != heap->large_used || live != heap->large_count || tombs != heap->large_tombs ||
       bytes != heap->large_bytes || mapped != heap->large_mapped)
-    LARGE_FAIL("large table: %zu blocks, %zu tombstones, %lu B in %lu B of mappings; counted "
+    FAIL_CHECK("large table: %zu blocks, %zu tombstones, %lu B in %lu B of mappings; counted "
                "%zu used, %lu count, %zu tombstones, %lu B, %lu B", live, tombs,
                (unsigned long)bytes, (unsigned long)mapped, heap->large_used,
                (unsigned long)heap->large_count, heap->large_tombs,
                (unsigned long)heap->large_bytes, (unsigned long)heap->large_mapped);
   if (heap->large_nspares > LARGE_SPARES)
-    LARGE_FAIL("%u large spares (at most %d)", heap->large_nspares, LARGE_SPARES);
+    FAIL_CHECK("%u large spares (at most %d)", heap->large_nspares, LARGE_SPARES);
   for (unsigned i = 0; i < heap->large_nspares && i < LARGE_SPARES; i++) {
     const struct large_spare *sp = &heap->large_spares[i];
     if (!sp->start || sp->start % OS_PAGE || !sp->size || sp->size % OS_PAGE)
-      LARGE_FAIL("large spare %u: %#lx+%zu", i, (unsigned long)sp->start, sp->size);
+      FAIL_CHECK("large spare %u: %#lx+%zu", i, (unsigned long)sp->start, sp->size);
     spare_bytes += sp->size;
   }
   if (spare_bytes != heap->large_spare_bytes || spare_bytes > LARGE_SPARE_BYTES)
-    LARGE_FAIL("large spares hold %lu B, counted %lu B (at most %zu)", (unsigned long)spare_bytes,
+    FAIL_CHECK("large spares hold %lu B, counted %lu B (at most %zu)", (unsigned long)spare_bytes,
                (unsigned long)heap->large_spare_bytes, (size_t)LARGE_SPARE_BYTES);
   pthread_mutex_unlock(&heap->large_lock);
   return rc;
