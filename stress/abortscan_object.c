@@ -34,10 +34,15 @@
 //        exits 0.
 //    An instruction whose breakpoint was never hit is "not reached", never a pass.
 //    --max-runs N forces only N of them, chosen with --seed, and says so.
+//    A failing point is forced again: FAIL when a rerun fails too; FLAKY (still exit 1,
+//    but not pinned on that point) when two reruns pass, as when a natural abort in
+//    another, broken, section spoiled the first run. A differing stdout is shown by its
+//    first differing line.
 // Breakpoints are planted only in the command's own process. Its forked children
 // inherit them and are traced only so that a planted byte can be put back in them.
 //
-// Exit status: 0 every forced abort passed; 1 a failure (or an entry with a problem);
+// Exit status: 0 every forced abort passed; 1 a failure, a flaky point, or an entry with
+// a problem;
 // 2 bad usage, an object without rseq tables, a command that is not deterministic,
 // or an object that the command never loaded.
 #include <capstone/capstone.h>
@@ -422,6 +427,70 @@ bool abortscan_unlisted_exit(const struct rseq_elf *e, const cs_insn *insn, size
   return false;
 }
 
+static uint64_t (*landing)[2];  // per section: where one step from abort_ip lands
+
+struct forced_result {
+  bool reached, did_abort, same;
+  const char *verdict;  // a string literal
+  char counted[48];
+};
+
+// Prints the first line where got differs from want (the undisturbed run's stdout).
+static void show_first_difference(const char *want, const char *got) {
+  FILE *x = fopen(want, "r"), *y = fopen(got, "r");
+  char a[256], b[256];
+  for (int line = 1; x && y; line++) {
+    char *p = fgets(a, sizeof a, x), *q = fgets(b, sizeof b, y);
+    if (!p && !q) break;
+    if (p && q && !strcmp(a, b)) continue;
+    printf("    line %d: expected %s%s    got      %s%s", line, p ? a : "(end of output)\n",
+           p && !strchr(a, '\n') ? "\n" : "", q ? b : "(end of output)\n",
+           q && !strchr(b, '\n') ? "\n" : "");
+    break;
+  }
+  if (x) fclose(x);
+  if (y) fclose(y);
+}
+
+// One run that forces an abort at tg's instruction, and its verdict against the
+// undisturbed run (status want_status, stdout in want_out).
+static struct forced_result force_point(const struct target *tg, const struct rseq_elf_section *sec,
+                                        bool preload, uint64_t counters, int want_status,
+                                        const char *want_out) {
+  struct forced_result f = {.verdict = "ok"};
+  struct breakpoint bp = {.addr = tg->addr};
+  struct run_spec one = {.bps = &bp, .nbps = 1, .measure = true, .preload = preload};
+  if (counters && sec->registry_id >= 0)  // rseq/registry.c: 32 bytes per id, aborted at 16
+    one.counter = counters + 32 * (uint64_t)sec->registry_id + 16;
+  one.landings[0] = landing[tg->section][0];
+  one.landings[1] = landing[tg->section][1];
+  struct run_result r;
+  run_traced(&one, &r);
+  f.reached = bp.hit;
+  // Where our registry counts aborts, the count must agree with the landing.
+  f.did_abort = r.landed == 1 && (!one.counter || (r.aborted_at_stop >= 0 &&
+                                                     r.our_aborted > r.aborted_at_stop));
+  if (one.counter) snprintf(f.counted, sizeof f.counted, " (counter %ld)", r.our_aborted);
+  f.same = !r.hung && r.status == want_status && same_file(r.out, want_out);
+  bool checked = f.reached && f.same && user_check(&r);
+  if (!f.reached) f.verdict = "not reached";
+  else if (r.hung) f.verdict = "FAIL: hung (killed)";
+  else if (tg->post_commit ? f.did_abort : !f.did_abort)
+    f.verdict = tg->post_commit ? "FAIL: aborted after the commit" : "FAIL: no abort";
+  else if (!f.same)
+    f.verdict = r.status != want_status ? "FAIL: exit status differs" : "FAIL: stdout differs";
+  else if (!checked) f.verdict = "FAIL: --check failed";
+  if (!strncmp(f.verdict, "FAIL", 4)) {
+    printf("  (%s at %s+%lu: exit status %#x; stderr:)\n", f.verdict, sec->name,
+           (unsigned long)(tg->addr - sec->start), r.status);
+    show_file(r.err, 5);
+    if (!r.hung && r.status == want_status && !f.same) show_first_difference(want_out, r.out);
+  }
+  unlink(r.out);
+  unlink(r.err);
+  return f;
+}
+
 static void usage(void) {
   fprintf(stderr,
           "usage: abortscan --object PATH [--index cpu|cid] [--json F] [--preload] [--stdin F]\n"
@@ -438,7 +507,6 @@ static uint64_t rng_next(void) {  // splitmix64: the sample is reproducible from
 }
 
 // The scan's arrays: file-scope, so that every way out of scan() frees them.
-static uint64_t (*landing)[2];  // per section: where one step from abort_ip lands
 static struct target *targets;
 static struct breakpoint *all;
 static bool *entered;
@@ -682,7 +750,8 @@ static int scan(int argc, char **argv) {
   }
   printf("| section | offset | instruction | reached? | aborted? | output identical? | verdict |\n");
   printf("|---|---|---|---|---|---|---|\n");
-  int passed = 0, failed = 0, not_reached = 0, not_sampled = 0, first = 1;
+  int passed = 0, failed = 0, flaky = 0, not_reached = 0, not_sampled = 0, first = 1;
+  char flaky_verdict[96];
   for (int t = 0; t < ntargets; t++) {
     struct target *tg = &targets[t];
     struct rseq_elf_section *sec = &elf.sections[tg->section];
@@ -698,44 +767,30 @@ static int scan(int argc, char **argv) {
       verdict = "not forced (not in the --max-runs sample)";
       not_sampled++;
     } else {
-      struct breakpoint bp = {.addr = tg->addr};
-      struct run_spec one = {.bps = &bp, .nbps = 1, .measure = true, .preload = preload};
-      if (counters && sec->registry_id >= 0)  // rseq/registry.c: 32 bytes per id, aborted at 16
-        one.counter = counters + 32 * (uint64_t)sec->registry_id + 16;
-      one.landings[0] = landing[tg->section][0];
-      one.landings[1] = landing[tg->section][1];
-      struct run_result r;
-      run_traced(&one, &r);
-      reached = bp.hit;
-      // Where our registry counts aborts, the count must agree with the landing.
-      did_abort = r.landed == 1 && (!one.counter || (r.aborted_at_stop >= 0 &&
-                                                      r.our_aborted > r.aborted_at_stop));
-      if (one.counter) snprintf(counted, sizeof counted, " (counter %ld)", r.our_aborted);
-      same = !r.hung && r.status == base1.status && same_file(r.out, base1.out);
-      bool checked = reached && same && user_check(&r);
-      if (!reached) {
-        verdict = "not reached";
-        not_reached++;
-      } else if (r.hung) {
-        verdict = "FAIL: hung (killed)";
-      } else if (tg->post_commit ? did_abort : !did_abort) {
-        verdict = tg->post_commit ? "FAIL: aborted after the commit" : "FAIL: no abort";
-      } else if (!same) {
-        verdict = r.status != base1.status ? "FAIL: exit status differs" : "FAIL: stdout differs";
-      } else if (!checked) {
-        verdict = "FAIL: --check failed";
-      } else {
-        verdict = "ok";
-        passed++;
+      // A failure is confirmed by rerunning the point: a deterministic command fails the
+      // same way each time this abort is forced. One that passes on both reruns is FLAKY,
+      // not pinned on this point: something else in that run (a natural abort in another,
+      // broken, section) changed the output. It still fails the scan (exit 1).
+      struct forced_result fr = force_point(tg, sec, preload, counters, base1.status, base1.out);
+      if (!strncmp(fr.verdict, "FAIL", 4)) {
+        struct forced_result again = force_point(tg, sec, preload, counters, base1.status, base1.out);
+        if (strncmp(again.verdict, "FAIL", 4))
+          again = force_point(tg, sec, preload, counters, base1.status, base1.out);
+        if (strncmp(again.verdict, "FAIL", 4)) {
+          snprintf(flaky_verdict, sizeof flaky_verdict,
+                   "FLAKY: %s in one run, passed on 2 reruns", fr.verdict + 6);
+          fr.verdict = flaky_verdict;
+        }
       }
-      if (!strncmp(verdict, "FAIL", 4)) {
-        failed++;
-        printf("  (%s at %s+%lu: exit status %#x; stderr:)\n", verdict, sec->name,
-               (unsigned long)(tg->addr - sec->start), r.status);
-        show_file(r.err, 5);
-      }
-      unlink(r.out);
-      unlink(r.err);
+      reached = fr.reached;
+      did_abort = fr.did_abort;
+      same = fr.same;
+      verdict = fr.verdict;
+      snprintf(counted, sizeof counted, "%s", fr.counted);
+      if (!strcmp(verdict, "ok")) passed++;
+      else if (!strncmp(verdict, "FLAKY", 5)) flaky++;
+      else if (!strcmp(verdict, "not reached")) not_reached++;
+      else failed++;
     }
     printf("| %s | +%lu | `%s` | %s | %s%s | %s | %s |\n", sec->name,
            (unsigned long)(tg->addr - sec->start), tg->text, reached ? "yes" : "no",
@@ -759,15 +814,15 @@ static int scan(int argc, char **argv) {
   snprintf(summary, sizeof summary,
            "%d sections (%d entered by the command); %d instruction points: %d forced aborts "
            "passed, %d failed, %d not reached, %d not forced (sample: --max-runs %ld, seed %lu); "
-           "%d table or structure problems",
+           "%d flaky (failed once, passed on 2 reruns); %d table or structure problems",
            elf.nsections, nentered, ntargets, passed, failed, not_reached, not_sampled, max_runs,
-           seed, bad);
+           seed, flaky, bad);
   if (js) {
     fprintf(js, "\n], \"summary\": ");
     json_str(js, summary);
     fprintf(js, ", \"passed\": %d, \"failed\": %d, \"not_reached\": %d, \"not_sampled\": %d, "
-                "\"problems\": %d}\n",
-            passed, failed, not_reached, not_sampled, bad);
+                "\"flaky\": %d, \"problems\": %d}\n",
+            passed, failed, not_reached, not_sampled, flaky, bad);
     fclose(js);
   }
   printf("\nabortscan: %s\n", summary);
@@ -775,7 +830,7 @@ static int scan(int argc, char **argv) {
   if (preload) unlink(glibc.out), unlink(glibc.err);
   unlink(rr.out), unlink(rr.err);
   rmdir(tmpdir);
-  return failed || bad ? 1 : 0;
+  return failed || flaky || bad ? 1 : 0;
 }
 
 int abortscan_object_main(int argc, char **argv) {
