@@ -15,26 +15,40 @@
 #include "sanitizers/sanitizers.h"
 
 #define CACHELINE 64
+// What the producers, the consumer and the published tail are kept apart by: two
+// lines, since the L2 prefetchers of x86 cores fetch lines in aligned pairs, and one
+// side's writes would keep taking the other side's line along with its own.
+#define SEPARATE 128
 
 // One shard per CPU (or mm_cid): three cache lines, so the producers of a CPU, the
 // consumer and the statistics never write a line another of them reads on their fast
-// paths. Producers and consumer meet only in the slots (see ring.h).
+// paths. RSEQ mode: producers and consumer meet in the slots and in `head`, which the
+// consumer reads only when its cached copy says the shard is empty; the producers read
+// `tail` only when their cached `limit` says the shard is full. CAS mode: they meet in
+// the slots (see ring.h).
 struct ring_shard {
-  // The producers' line. RSEQ: `head` is a hint, never ahead of the true head (the
-  // first position whose slot is not committed): the sections check it against the
-  // slot's seq, and the producers store it after a commit, outside the section. CAS:
-  // the position producers claim with a CAS. The sections read the words below at the
-  // offsets that follow the struct; all but head are constant after creation.
-  _Alignas(CACHELINE) uintptr_t head;
+  // The producers' line. RSEQ: `head` is the first uncommitted position, stored by the
+  // sections' commit (and by nothing else); `limit` is tail + capacity as some producer
+  // last read it, never ahead of the true one: positions below it are free. CAS: `head`
+  // is the position producers claim with a CAS; `limit` is unused. The sections read
+  // the words below at the offsets that follow the struct; slots, mask, stride and
+  // record_size are constant after creation.
+  _Alignas(SEPARATE) uintptr_t head;
   unsigned char *slots;
   uintptr_t mask;         // capacity - 1
   uintptr_t stride;       // bytes from one slot to the next
   uintptr_t record_size;  // bytes per record (record rings; 8 for pointers)
-  // The consumer's line: written by the consumer only (once per run of items).
-  _Alignas(CACHELINE) uintptr_t tail;
+  uintptr_t limit;
+  // The consumer's line: its own, read and written by the consumer only.
+  _Alignas(SEPARATE) uintptr_t ctail;  // the tail
   unsigned char *cslots;  // the consumer's copy of slots
-  // Relaxed counters: statistics, bumped on the rare paths only.
-  _Alignas(CACHELINE) _Atomic uint64_t full;
+  uintptr_t chead;        // RSEQ: the consumer's copy of head, reread when it runs out
+  // The tail as the consumer publishes it (once per run of items), for the producers'
+  // limit refresh and the statistics: on a line of its own, so that a producer reading
+  // it never takes away a line the consumer reads.
+  _Alignas(SEPARATE) uintptr_t tail;
+  // Relaxed counters: statistics, bumped on the slow paths only.
+  _Alignas(SEPARATE) _Atomic uint64_t full;
   _Atomic uint64_t aborts;
   _Atomic uint64_t retries;
 };
@@ -45,40 +59,43 @@ struct ring_shard {
 #define RING_OFF_MASK "16"
 #define RING_OFF_STRIDE "24"
 #define RING_OFF_RECORD_SIZE "32"
+#define RING_OFF_LIMIT "40"
 _Static_assert(offsetof(struct ring_shard, head) == 0, "asm offsets");
 _Static_assert(offsetof(struct ring_shard, slots) == 8, "asm offsets");
 _Static_assert(offsetof(struct ring_shard, mask) == 16, "asm offsets");
 _Static_assert(offsetof(struct ring_shard, stride) == 24, "asm offsets");
 _Static_assert(offsetof(struct ring_shard, record_size) == 32, "asm offsets");
+_Static_assert(offsetof(struct ring_shard, limit) == 40, "asm offsets");
 
 struct ring {
   struct rseq_percpu_mode mode;
   long index_off;  // the index field's offset in the rseq area
   const char *why_cas;
-  size_t capacity;
-  uintptr_t mask;
+  size_t capacity;  // items per shard
+  size_t nslots;    // slots per shard (see ring_create)
+  uintptr_t mask;   // nslots - 1
   size_t record_size;   // 0: pointer items
   size_t payload_size;  // bytes copied per item
-  size_t stride;        // bytes per slot (seq, then the payload): a power of two
+  size_t stride;        // bytes per slot (CAS: seq, then the payload): a power of two
   unsigned stride_shift;  // log2(stride)
+  size_t payload_off;   // the payload's offset in a slot: CAS 8 (after seq), RSEQ 0
   uint32_t nshards;
   uintptr_t initial;
   struct ring_shard *shards;
   // Consumer state, on a line of its own: the consumer writes next_shard on every
   // poll, and the fields above are read by every offer.
-  _Alignas(CACHELINE) int next_shard;
+  _Alignas(SEPARATE) int next_shard;
   void *_Atomic consumer;  // the consumer thread's token, or NULL
 };
 
-// A slot: its sequence number, then the payload. For position p the slot's seq is
+// CAS mode: a slot is its sequence number, then the payload. For position p the
+// slot's seq is
 //   p             free for p (the consumer took p - capacity)
 //   p + 1         committed: holds the item of p
 //   p + capacity  taken by the consumer: free for p + capacity
-// RSEQ mode also leaves seq == p + 1 in slots past the head that an aborted batch
-// section wrote (its commit is the seq of its first slot, so the consumer never gets
-// past that one): every section of a pointer ring clears the slot after the ones it
-// commits when it holds that pattern, so the slot at the head is never mistaken for a
-// committed one. (Record rings have no batch section.)
+// RSEQ mode: a slot is the payload alone. Positions [tail, head) are committed, the
+// rest free; the head says so, not the slots, so an aborted section's stores past the
+// head are never seen.
 #define SEQ(slot) ((uintptr_t *)(slot))
 #define PAYLOAD_OFF 8
 static inline unsigned char *slot_at(const struct ring *r, unsigned char *slots, uintptr_t pos) {
@@ -115,27 +132,34 @@ struct ring *ring_create(size_t capacity, const struct ring_options *options) {
   struct rseq_percpu_mode mode;
   const char *why = "";
   if (rseq_resolve_mode(o->mode, o->index, &mode, &why) != 0) return NULL;  // errno set
-  struct ring *r = aligned_alloc(CACHELINE, sizeof *r);
+  struct ring *r = aligned_alloc(SEPARATE, sizeof *r);
   if (!r) return NULL;
   memset(r, 0, sizeof *r);
   r->mode = mode;
   r->index_off = rseq_index_offset(mode.index);
   r->why_cas = mode.mode == RSEQ_MODE_CAS ? why : "";
   r->capacity = capacity;
-  r->mask = capacity - 1;
   r->record_size = o->record_size;
   r->payload_size = o->record_size ? o->record_size : sizeof(void *);
-  // A power of two (16 to 128 bytes): no slot straddles two lines, so a producer and
-  // the consumer share one line per slot at most.
-  r->stride = PAYLOAD_OFF + ((r->payload_size + 7) & ~(size_t)7);
+  // A power of two (8 to 128 bytes): no slot straddles two lines, so a producer and
+  // the consumer share one line per slot at most. RSEQ slots have no seq: a pointer
+  // ring packs 8 to a line.
+  r->payload_off = mode.mode == RSEQ_MODE_CAS ? PAYLOAD_OFF : 0;
+  r->stride = r->payload_off + ((r->payload_size + 7) & ~(size_t)7);
   if (r->stride <= CACHELINE)
     while (r->stride & (r->stride - 1)) r->stride += r->stride & -r->stride;
   else
     r->stride = 2 * CACHELINE;  // 8 + at most 64 bytes
   r->stride_shift = (unsigned)__builtin_ctzl(r->stride);
+  // RSEQ: twice the capacity in slots. The shard is full at `capacity` items, as in
+  // CAS mode, but a producer that fills it writes half a ring away from the slots the
+  // consumer is reading, never into the same line: the consumer's slot lines are not
+  // taken from under it when the producers are faster and the shard stays full.
+  r->nslots = mode.mode == RSEQ_MODE_CAS ? capacity : 2 * capacity;
+  r->mask = r->nslots - 1;
   r->nshards = (uint32_t)rseq_index_count(mode.index);
   r->initial = o->initial_position;
-  r->shards = aligned_alloc(CACHELINE, sizeof *r->shards * r->nshards);
+  r->shards = aligned_alloc(SEPARATE, sizeof *r->shards * r->nshards);
   if (!r->shards) {
     free(r);
     errno = ENOMEM;
@@ -144,11 +168,12 @@ struct ring *ring_create(size_t capacity, const struct ring_options *options) {
   memset(r->shards, 0, sizeof *r->shards * r->nshards);
   for (uint32_t c = 0; c < r->nshards; c++) {
     struct ring_shard *s = &r->shards[c];
-    s->head = s->tail = r->initial;
+    s->head = s->tail = s->ctail = s->chead = r->initial;
+    s->limit = r->initial + capacity;
     s->mask = r->mask;
     s->stride = r->stride;
     s->record_size = r->payload_size;
-    size_t bytes = (capacity * r->stride + CACHELINE - 1) & ~(size_t)(CACHELINE - 1);
+    size_t bytes = (r->nslots * r->stride + CACHELINE - 1) & ~(size_t)(CACHELINE - 1);
     s->slots = s->cslots = aligned_alloc(CACHELINE, bytes);
     if (!s->slots) {
       ring_destroy(r);
@@ -156,8 +181,9 @@ struct ring *ring_create(size_t capacity, const struct ring_options *options) {
       return NULL;
     }
     memset(s->slots, 0, bytes);
-    // Every slot free for its first position.
-    for (size_t k = 0; k < capacity; k++) *SEQ(slot_at(r, s->slots, r->initial + k)) = r->initial + k;
+    // CAS: every slot free for its first position.
+    if (mode.mode == RSEQ_MODE_CAS)
+      for (size_t k = 0; k < capacity; k++) *SEQ(slot_at(r, s->slots, r->initial + k)) = r->initial + k;
   }
   return r;
 }
@@ -217,7 +243,7 @@ static size_t cas_offer(struct ring *r, const unsigned char *payloads, size_t n)
                                     __ATOMIC_RELAXED)) {
       for (size_t i = 0; i < k; i++) {
         unsigned char *slot = slot_at(r, s->slots, pos + i);
-        memcpy(slot + PAYLOAD_OFF, payloads + i * r->payload_size, r->payload_size);
+        memcpy(slot + r->payload_off, payloads + i * r->payload_size, r->payload_size);
         // Release: the payload is written before the consumer can see seq == pos + 1.
         __atomic_store_n(SEQ(slot), pos + i + 1, __ATOMIC_RELEASE);
       }
@@ -228,65 +254,46 @@ static size_t cas_offer(struct ring *r, const unsigned char *payloads, size_t n)
 }
 
 // ---------------------------------------------------------------------------------
-// RSEQ-mode producers: the same slots as CAS mode, and the rseq section takes the
-// place of the CAS. Three sections, inlined at their one call site each (ring_offer,
-// ring_offer_record, offer_batch_rseq): an offer is one call with no locked
-// instruction, and writes only its CPU's hint line and the slots. Each section:
+// RSEQ-mode producers: a per-CPU buffer whose head only the sections move. Three
+// sections, inlined at their one call site each (ring_offer, ring_offer_record,
+// offer_batch_rseq): an offer is one call with no locked instruction, and in the
+// common case reads and writes only its CPU's producer line and the slots. Each:
 //   if (cpu != current) abort;
-//   h = s->head;  if (seq(slot h) != h) goto cmpfail;   (a stale hint, or full)
-//   [batch: k = 1 + the run of slots after h whose seq is p or p + 1, at most n]
-//   write the item(s) into slot h (and h+1 .. h+k-1, with their seq = p + 1);
-//   if (seq(slot h+k) == h+k+1) seq(slot h+k) = h+k;     (clear an aborted batch's
-//                                                          leftover past the new head)
-//   seq(slot h) = h + 1;                                  <- the commit (x86 keeps the
+//   h = s->head;  if (h - s->limit >= 0) goto cmpfail;    (full, as far as the cached
+//                                                           limit knows)
+//   [batch: k = min(n, s->limit - h)]
+//   write the item(s) into slot h (.. h+k-1);             <- try-stores
+//   s->head = h + k;                                      <- the commit (x86 keeps the
 //                                                            stores in order: a release)
-// The consumer takes slots in order and stops at the first whose seq is not p + 1, so
-// nothing a section writes is visible before its commit, and an abort leaves slot h
-// free: the retry (on this CPU or another) writes it again or not at all. After the
-// commit, outside the section, the producer stores the hint h + k; a lost hint store
-// only sends the next offer through the slow path. The hint is never ahead of the
-// head, so a slot whose seq equals the hint is the head's (a slot behind the head
-// holds p + 1 or p + capacity). Injection points (inject variant): 1 after the checks,
-// 2 right before the commit.
+// The consumer reads head (acquire) and takes the slots below it, so nothing a section
+// writes is visible before its commit, and an abort leaves head where it was: the
+// retry (on this CPU or another) writes those slots again or not at all. cmpfail
+// rereads the consumer's tail, stores limit = tail + capacity, and tells full from a
+// stale limit. Injection points (inject variant): 1 after the checks, 2 right before
+// the commit.
 //
 // Arguments: the thread's rseq area, its index field (&area->cpu_id or &area->mm_cid),
 // the index (for the counting hooks), `cpu` (the value the caller read from that
 // field) and the shard of `cpu`, which the caller computes from that same value: the
 // section starts by comparing it with the field's current one, so the shard always
-// belongs to the CPU the section runs on. *head gets the new hint.
+// belongs to the CPU the section runs on.
 
 #define RING_SECTION_ARGS_ \
   struct rseq_abi *area, uint32_t *idx, enum rseq_index index, int cpu, struct ring_shard *s
-// The slot of position `pos` into register `dst`.
-#define RING_ASM_SLOT_(pos, dst)                                  \
-  "movq " pos ", " dst "\n\t"                                     \
-  "andq " RING_OFF_MASK "(%[s]), " dst "\n\t"                     \
-  "imulq " RING_OFF_STRIDE "(%[s]), " dst "\n\t"                  \
-  "addq " RING_OFF_SLOTS "(%[s]), " dst "\n\t"
-// Arm, compare the CPU, load the hint into h and its slot into a; cmpfail unless the
-// slot is free for h.
+// Arm, compare the CPU, load the head into h; cmpfail unless h is below the limit.
+// Positions are free-running: the comparison is of the signed difference (they wrap).
 #define RING_ASM_START_(name)                                     \
   RSEQ_ASM_DEFINE_TABLE(name)                                     \
   RSEQ_ASM_DEFINE_EXIT_POINT("1f", cmpfail)                       \
   RSEQ_ASM_START                                                  \
   "movq " RING_OFF_HEAD "(%[s]), %[h]\n\t"                        \
-  RING_ASM_SLOT_("%[h]", "%[a]")                                  \
-  "cmpq (%[a]), %[h]\n\t"                                         \
-  "jne %l[cmpfail]\n\t"
-// If slot `pos` holds pos + 1 past the new head, clear it to pos (uses b and rax).
-#define RING_ASM_CLEAR_AFTER_(pos)                                \
-  RING_ASM_SLOT_(pos, "%[b]")                                     \
-  "leaq 1(" pos "), %%rax\n\t"                                    \
-  "cmpq (%[b]), %%rax\n\t"                                        \
-  "jne 89f\n\t"                                                   \
-  "decq %%rax\n\t"                                                \
-  "movq %%rax, (%[b])\n\t"                                        \
-  "89:\n\t"
+  "movq %[h], %%rax\n\t"                                          \
+  "subq " RING_OFF_LIMIT "(%[s]), %%rax\n\t"                      \
+  "jns %l[cmpfail]\n\t"
 #define RING_ASM_COMMIT_                                          \
-  "incq %[h]\n\t"                                                 \
   RSEQ_INJECT_ASM(2)                                              \
   RSEQ_ASM_CMP_CPU_TWICE                                          \
-  "movq %[h], (%[a])\n\t" /* the commit: seq = h + 1 */           \
+  "movq %[h], " RING_OFF_HEAD "(%[s])\n\t" /* the commit */      \
   "2:\n\t"                                                        \
   RSEQ_ASM_DEFINE_ABORT
 #define RING_ASM_INPUTS_ [id] "i"(id), [cpu] "r"(cpu), [idx] "r"(idx), [area] "r"(area), [s] "r"(s)
@@ -298,122 +305,108 @@ static size_t cas_offer(struct ring *r, const unsigned char *payloads, size_t n)
   return rseq_section_cmpfailed_(id, &s->head);                   \
   RSEQ_ASM_ERROR_CPU_BLOCK(name, cpu)
 
-// One pointer into the slot at the head.
-static inline __attribute__((always_inline)) int offer_section(RING_SECTION_ARGS_, intptr_t item,
-                                                               uintptr_t *head) {
+// One pointer into slot h (8-byte slots: pointer rings in RSEQ mode have no seq).
+static inline __attribute__((always_inline)) int offer_section(RING_SECTION_ARGS_, intptr_t item) {
   enum { id = RSEQ_SECTION_ID_ring_offer };
-  unsigned long h, a, b, p;
+  unsigned long h, a, b;
   rseq_section_enter_(id, index, cpu, &s->head);
   __asm__ __volatile__ goto(RING_ASM_START_("ring_offer")
                RSEQ_INJECT_ASM(1)
-               "leaq 1(%[h]), %[p]\n\t"
-               RING_ASM_CLEAR_AFTER_("%[p]")
-               "movq %[item], 8(%[a])\n\t"                     /* the try-store */
+               "movq " RING_OFF_SLOTS "(%[s]), %[a]\n\t"
+               "movq %[h], %[b]\n\t"
+               "andq " RING_OFF_MASK "(%[s]), %[b]\n\t"
+               "movq %[item], (%[a], %[b], 8)\n\t"             /* the try-store */
+               "incq %[h]\n\t"
                RING_ASM_COMMIT_
-               : [h] "=&r"(h), [a] "=&r"(a), [b] "=&r"(b), [p] "=&r"(p)
+               : [h] "=&r"(h), [a] "=&r"(a), [b] "=&r"(b)
                : RING_ASM_INPUTS_, [item] "r"(item)
                : RING_ASM_CLOBBERS_);
+  (void)h;
   (void)a;
   (void)b;
-  (void)p;
-  *head = h;
   return rseq_section_committed_(id, &s->head);
   RING_SECTION_EXITS_(ring_offer)
 }
 
-// One record of record_size bytes into the slot at the head: whole words, then the
-// bytes left (the source is read within its record_size bytes only).
+// One record of record_size bytes into slot h: whole words, then the bytes left (the
+// source is read within its record_size bytes only).
 static inline __attribute__((always_inline)) int offer_record_section(RING_SECTION_ARGS_,
-                                                                      const void *src,
-                                                                      uintptr_t *head) {
+                                                                      const void *src) {
   enum { id = RSEQ_SECTION_ID_ring_offer_record };
   unsigned long h, a, i;
   rseq_section_enter_(id, index, cpu, &s->head);
   __asm__ __volatile__ goto(RING_ASM_START_("ring_offer_record")
                RSEQ_INJECT_ASM(1)
-               /* No leftover to clear: record rings have no batch section. */
+               "movq %[h], %[a]\n\t"                           /* slot h */
+               "andq " RING_OFF_MASK "(%[s]), %[a]\n\t"
+               "imulq " RING_OFF_STRIDE "(%[s]), %[a]\n\t"
+               "addq " RING_OFF_SLOTS "(%[s]), %[a]\n\t"
                "xorl %k[i], %k[i]\n\t"
                "81:\n\t"                                       /* whole words */
                "leaq 8(%[i]), %%rax\n\t"
                "cmpq " RING_OFF_RECORD_SIZE "(%[s]), %%rax\n\t"
                "ja 82f\n\t"
                "movq (%[src], %[i]), %%rax\n\t"
-               "movq %%rax, 8(%[a], %[i])\n\t"                 /* try-stores */
+               "movq %%rax, (%[a], %[i])\n\t"                  /* try-stores */
                "addq $8, %[i]\n\t"
                "jmp 81b\n\t"
                "82:\n\t"                                       /* the bytes left */
                "cmpq " RING_OFF_RECORD_SIZE "(%[s]), %[i]\n\t"
                "jae 83f\n\t"
                "movzbl (%[src], %[i]), %%eax\n\t"
-               "movb %%al, 8(%[a], %[i])\n\t"
+               "movb %%al, (%[a], %[i])\n\t"
                "incq %[i]\n\t"
                "jmp 82b\n\t"
                "83:\n\t"
+               "incq %[h]\n\t"
                RING_ASM_COMMIT_
                : [h] "=&r"(h), [a] "=&r"(a), [i] "=&r"(i)
                : RING_ASM_INPUTS_, [src] "r"(src)
                : RING_ASM_CLOBBERS_);
+  (void)h;
   (void)a;
   (void)i;
-  *head = h;
   return rseq_section_committed_(id, &s->head);
   RING_SECTION_EXITS_(ring_offer_record)
 }
 
-// Up to n pointers (n >= 1) into the slots from the head on, with one commit:
-//   k = 1; while (k < n && seq(slot h+k) is h+k or h+k+1) k++;   (free, or an aborted
-//                                                                  batch's leftover)
-// *offered = k: items[0 .. k) are committed, in order.
+// Up to n pointers (n >= 1) into slots h, h+1, ... with one commit: k = min(n,
+// limit - h) of them. *offered = k: items[0 .. k) are committed, in order.
 static inline __attribute__((always_inline)) int offer_batch_section(RING_SECTION_ARGS_,
                                                                      void *const *items,
                                                                      unsigned long n,
-                                                                     unsigned long *offered,
-                                                                     uintptr_t *head) {
+                                                                     unsigned long *offered) {
   enum { id = RSEQ_SECTION_ID_ring_offer_batch };
   unsigned long h, a, b, k, p;
   rseq_section_enter_(id, index, cpu, &s->head);
   __asm__ __volatile__ goto(RING_ASM_START_("ring_offer_batch")
-               "movl $1, %k[k]\n\t"
-               "84:\n\t"                                       /* how many slots */
+               "movq " RING_OFF_LIMIT "(%[s]), %[k]\n\t"     /* k = min(n, limit - h) */
+               "subq %[h], %[k]\n\t"
                "cmpq %[n], %[k]\n\t"
-               "jae 85f\n\t"
-               "leaq (%[h], %[k]), %[p]\n\t"
-               RING_ASM_SLOT_("%[p]", "%[b]")
-               "cmpq (%[b]), %[p]\n\t"
-               "je 86f\n\t"                                    /* free */
-               "leaq 1(%[p]), %%rax\n\t"
-               "cmpq (%[b]), %%rax\n\t"
-               "jne 85f\n\t"                                   /* not a leftover: stop */
-               "86:\n\t"
-               "incq %[k]\n\t"
-               "jmp 84b\n\t"
-               "85:\n\t"
+               "jbe 84f\n\t"
+               "movq %[n], %[k]\n\t"
+               "84:\n\t"
                RSEQ_INJECT_ASM(1)
-               "leaq (%[h], %[k]), %[p]\n\t"
-               RING_ASM_CLEAR_AFTER_("%[p]")
-               "movq %[k], %[p]\n\t"                           /* slots h+k-1 .. h+1 */
-               "87:\n\t"
-               "decq %[p]\n\t"
-               "jz 88f\n\t"
-               "leaq (%[h], %[p]), %%rax\n\t"
-               RING_ASM_SLOT_("%%rax", "%[b]")
+               "movq " RING_OFF_SLOTS "(%[s]), %[a]\n\t"
+               "xorl %k[p], %k[p]\n\t"
+               "85:\n\t"                                       /* slots h .. h+k-1 */
+               "leaq (%[h], %[p]), %[b]\n\t"
+               "andq " RING_OFF_MASK "(%[s]), %[b]\n\t"
                "movq (%[items], %[p], 8), %%rax\n\t"
-               "movq %%rax, 8(%[b])\n\t"                       /* try-stores */
-               "leaq 1(%[h], %[p]), %%rax\n\t"
-               "movq %%rax, (%[b])\n\t"
-               "jmp 87b\n\t"
-               "88:\n\t"
-               "movq (%[items]), %%rax\n\t"
-               "movq %%rax, 8(%[a])\n\t"                       /* slot h's item */
+               "movq %%rax, (%[a], %[b], 8)\n\t"               /* try-stores */
+               "incq %[p]\n\t"
+               "cmpq %[k], %[p]\n\t"
+               "jb 85b\n\t"
+               "addq %[k], %[h]\n\t"
                RING_ASM_COMMIT_
                : [h] "=&r"(h), [a] "=&r"(a), [b] "=&r"(b), [k] "=&r"(k), [p] "=&r"(p)
                : RING_ASM_INPUTS_, [items] "r"(items), [n] "r"(n)
                : RING_ASM_CLOBBERS_);
+  (void)h;
   (void)a;
   (void)b;
   (void)p;
   *offered = k;
-  *head = h - 1 + k;
   return rseq_section_committed_(id, &s->head);
   RING_SECTION_EXITS_(ring_offer_batch)
 }
@@ -448,64 +441,26 @@ __attribute__((noinline, cold)) static void offer_aborted(struct ring_shard *s, 
   atomic_fetch_add_explicit(&s->aborts, 1, memory_order_relaxed);
 }
 
-__attribute__((noreturn, cold)) static void slot_corrupt(const struct ring *r, int shard,
-                                                        uintptr_t pos, uintptr_t seq) {
-  fprintf(stderr,
-          "ring: shard %d: the slot of position %#lx holds seq %#lx, which no state of that "
-          "position has (capacity %zu): the ring's memory was overwritten\n",
-          shard, (unsigned long)pos, (unsigned long)seq, r->capacity);
-  abort();
-}
-
-// The first position of shard s whose slot is not committed (the head), scanning from
-// the hint. *full tells whether that slot still holds the unread item of a lap before.
-// A hint that fell a lap or more behind (a slot that says so) restarts the scan at the
-// consumer's tail: the consumer's line is read only then, not when a producer that
-// finds the shard full asks again and again. Reads only; any thread.
-static uintptr_t find_head(const struct ring *r, struct ring_shard *s, bool *full) {
-  // Relaxed: a hint; the scan below decides. (That a slot is never seen older than the
-  // hint that led here, so that no false FULL or corruption report can come of it,
-  // rests on x86-64's single order of stores, as the asm sections do anyway.)
-  uintptr_t p = __atomic_load_n(&s->head, __ATOMIC_RELAXED);
-  for (;;) {
-    // Acquire: pairs with the release of seq by a section's commit (a store in asm, a
-    // release on x86) and by the consumer.
-    uintptr_t seq = __atomic_load_n(SEQ(slot_at(r, s->slots, p)), __ATOMIC_ACQUIRE);
-    intptr_t d = (intptr_t)(seq - p);
-    if (d == 0) {  // free for p: the head
-      *full = false;
-      return p;
-    }
-    if (d == 1 || d == (intptr_t)r->capacity) {  // committed, or taken since
-      p++;
-      continue;
-    }
-    if (d == 1 - (intptr_t)r->capacity) {  // the item of p - capacity is still unread
-      *full = true;
-      return p;
-    }
-    if (d < 0) slot_corrupt(r, (int)(s - r->shards), p, seq);
-    // The slot is a lap or more ahead of p: start again at the consumer's tail, which
-    // is never ahead of the head ([tail, head) is committed). Acquire: pairs with the
-    // consumer's release of tail.
-    uintptr_t t = __atomic_load_n(&s->tail, __ATOMIC_ACQUIRE);
-    p = (intptr_t)(t - p) > 0 ? t : p + 1;
-  }
-}
-
-// A section found the slot at shard s's hint not free: the hint is stale, or the shard
-// is full. Moves the hint to the head: true when the offer should go again, false when
-// the shard is full (counted).
-__attribute__((noinline)) static bool offer_resync(const struct ring *r, struct ring_shard *s) {
-  bool full;
-  uintptr_t h = find_head(r, s, &full);
-  // Relaxed: a hint (see the struct); a store that races another only makes it stale.
-  __atomic_store_n(&s->head, h, __ATOMIC_RELAXED);
-  if (full) {
+// A section found its CPU's shard full as far as the cached limit knows. Rereads the
+// consumer's tail and stores the limit it gives: true when the offer should go again,
+// false when the shard is full (counted). Any thread, any CPU: a limit stored here is
+// some tail the consumer published, plus the capacity, so it is never ahead of the
+// true one; a store that races another can only make it lower (more cmpfails, never
+// an overwrite of an unread item).
+__attribute__((noinline)) static bool offer_refresh_limit(const struct ring *r, struct ring_shard *s) {
+  // Relaxed: head is read first, tail after it, so that a FULL answer held at the
+  // moment tail was read (head can only have grown since it was read).
+  uintptr_t h = __atomic_load_n(&s->head, __ATOMIC_RELAXED);
+  // Acquire: pairs with the consumer's release of tail: its reads of the slots below
+  // the new limit are done before our sections overwrite them.
+  uintptr_t t = __atomic_load_n(&s->tail, __ATOMIC_ACQUIRE);
+  // Relaxed: the limit is a producer-side cache of tail (see the struct).
+  __atomic_store_n(&s->limit, t + r->capacity, __ATOMIC_RELAXED);
+  if ((intptr_t)(h - t) >= (intptr_t)r->capacity) {  // t may be past h: signed
     atomic_fetch_add_explicit(&s->full, 1, memory_order_relaxed);
     return false;
   }
-  atomic_fetch_add_explicit(&s->retries, 1, memory_order_relaxed);
+  atomic_store_explicit(&s->retries, atomic_load_explicit(&s->retries, memory_order_relaxed) + 1, memory_order_relaxed);
   return true;
 }
 
@@ -514,14 +469,11 @@ static int wrong_kind(void) {
   return -1;
 }
 
-// Relaxed: the hint after a commit (see the struct).
-#define STORE_HINT(s, h) __atomic_store_n(&(s)->head, (h), __ATOMIC_RELAXED)
-
 // The retry loop around one inlined section (a call site of its own in each offer
-// function): read the index, run `call` on that CPU's shard (area, idx, cpu, s and
-// head are in scope for it); after a commit store the hint and return `committed`;
-// after an abort go again; when the section found the hint stale or the shard full,
-// resync and go again, or return `full`.
+// function): read the index, run `call` on that CPU's shard (area, idx, cpu and s are
+// in scope for it); after a commit return `committed`; after an abort go again; when
+// the section found the cached limit reached, refresh it and go again, or return
+// `full`.
 #define RING_OFFER_LOOP_(id, call, committed, full)                          \
   for (;;) {                                                                \
     struct rseq_abi *area;                                                  \
@@ -529,15 +481,11 @@ static int wrong_kind(void) {
     int cpu = offer_index(r, &area, &idx);                                  \
     if (__builtin_expect(cpu < 0, 0)) cpu = offer_no_index(r, &area, &idx); \
     struct ring_shard *s = &r->shards[cpu];                                 \
-    uintptr_t head;                                                         \
     int res = call;                                                         \
-    if (__builtin_expect(res == RSEQ_COMMIT, 1)) {                          \
-      STORE_HINT(s, head);                                                  \
-      return committed;                                                     \
-    }                                                                       \
+    if (__builtin_expect(res == RSEQ_COMMIT, 1)) return committed;          \
     if (res == RSEQ_ABORT)                                                  \
       offer_aborted(s, id);                                                 \
-    else if (!offer_resync(r, s))                                           \
+    else if (!offer_refresh_limit(r, s))                                    \
       return full;                                                          \
   }
 
@@ -545,16 +493,16 @@ int ring_offer(struct ring *r, void *item) {
   if (__builtin_expect(r->record_size != 0, 0)) return wrong_kind();
   if (r->mode.mode == RSEQ_MODE_CAS) return cas_offer(r, (unsigned char *)&item, 1) ? RING_OK : RING_FULL;
   RING_OFFER_LOOP_(RSEQ_SECTION_ID_ring_offer,
-                   offer_section(area, idx, r->mode.index, cpu, s, (intptr_t)item, &head),
-                   RING_OK, RING_FULL)
+                   offer_section(area, idx, r->mode.index, cpu, s, (intptr_t)item), RING_OK,
+                   RING_FULL)
 }
 
 int ring_offer_record(struct ring *r, const void *record) {
   if (__builtin_expect(r->record_size == 0, 0)) return wrong_kind();
   if (r->mode.mode == RSEQ_MODE_CAS) return cas_offer(r, record, 1) ? RING_OK : RING_FULL;
   RING_OFFER_LOOP_(RSEQ_SECTION_ID_ring_offer_record,
-                   offer_record_section(area, idx, r->mode.index, cpu, s, record, &head),
-                   RING_OK, RING_FULL)
+                   offer_record_section(area, idx, r->mode.index, cpu, s, record), RING_OK,
+                   RING_FULL)
 }
 
 // A batch section writes at most this many slots: any preemption, migration or signal
@@ -568,8 +516,7 @@ __attribute__((noinline)) static size_t offer_batch_rseq(struct ring *r, void *c
   unsigned long k;
   if (n > RING_BATCH_MAX) n = RING_BATCH_MAX;
   RING_OFFER_LOOP_(RSEQ_SECTION_ID_ring_offer_batch,
-                   offer_batch_section(area, idx, r->mode.index, cpu, s, items, n, &k, &head),
-                   k, 0)
+                   offer_batch_section(area, idx, r->mode.index, cpu, s, items, n, &k), k, 0)
 }
 
 size_t ring_offer_batch(struct ring *r, void *const *items, size_t n) {
@@ -626,35 +573,48 @@ void ring_consumer_release(struct ring *r) {
   atomic_store_explicit(&r->consumer, NULL, memory_order_release);
 }
 
-// How many committed items shard s holds from position t on (at most `max`): the
-// slots in order while their seq says committed. Both modes.
+// How many committed items shard s holds from position t (its tail) on, at most
+// `max`. RSEQ: below the head; the consumer's copy of it is reread only when it does
+// not cover `max` items. CAS: the slots in order while their seq says committed.
 static inline size_t committed_from(const struct ring *r, struct ring_shard *s, uintptr_t t,
                                     size_t max) {
+  if (r->mode.mode != RSEQ_MODE_CAS) {
+    uintptr_t n = s->chead - t;  // ours alone
+    if (n < max) {
+      // Acquire: pairs with the sections' commit of head (a store in asm: a release on
+      // x86, which TSan cannot see: the producer released s->head before its section
+      // and we acquire it below); the slots below it are written.
+      s->chead = __atomic_load_n(&s->head, __ATOMIC_ACQUIRE);
+      n = s->chead - t;
+      if (n) CCACHE_TSAN_ACQUIRE(&s->head);
+    }
+    return n < max ? n : max;
+  }
   size_t n = 0;
-  // Acquire: pairs with the producer's release of seq (RSEQ mode: the section's commit,
-  // a store in asm, which TSan cannot see: the producer released s->head before its
-  // section and we acquire it below); the payload is written.
+  // Acquire: pairs with the producer's release of seq; the payload is written.
   while (n < max && __atomic_load_n(SEQ(slot_at(r, s->cslots, t + n)), __ATOMIC_ACQUIRE) == t + n + 1)
     n++;
-  if (n) CCACHE_TSAN_ACQUIRE(&s->head);
   return n;
 }
 
 // Take n committed items from shard s, starting at its tail, into out (payload_size
-// each), free their slots for the next lap, and publish the new tail once.
+// each), and publish the new tail once. CAS: each slot is freed for the next lap with
+// its seq; RSEQ: the tail alone frees them (producers read it when their limit runs
+// out).
 static inline void take(struct ring *r, struct ring_shard *s, uintptr_t t, size_t n,
                         unsigned char *out) {
   for (size_t k = 0; k < n; k++) {
     unsigned char *slot = slot_at(r, s->cslots, t + k);
     if (r->record_size == 0)
-      ((void **)out)[k] = *(void **)(slot + PAYLOAD_OFF);
+      ((void **)out)[k] = *(void **)(slot + r->payload_off);
     else
-      memcpy(out + k * r->payload_size, slot + PAYLOAD_OFF, r->payload_size);
+      memcpy(out + k * r->payload_size, slot + r->payload_off, r->payload_size);
     // Release: we are done reading the payload before a producer may reuse the slot.
-    __atomic_store_n(SEQ(slot), t + k + r->capacity, __ATOMIC_RELEASE);
+    if (r->mode.mode == RSEQ_MODE_CAS) __atomic_store_n(SEQ(slot), t + k + r->capacity, __ATOMIC_RELEASE);
   }
-  // Release: pairs with find_head's acquire of tail (statistics and the producers'
-  // slow path start their scan there).
+  // Release: pairs with the acquire of tail by the producers' limit refresh (RSEQ: our
+  // reads of these slots are done before they are overwritten) and by the statistics.
+  s->ctail = t + n;
   __atomic_store_n(&s->tail, t + n, __ATOMIC_RELEASE);
 }
 
@@ -663,7 +623,7 @@ static int poll_into(struct ring *r, void *out, int *shard) {
   int c = r->next_shard;
   for (uint32_t i = 0; i < r->nshards; i++) {
     struct ring_shard *s = &r->shards[c];
-    uintptr_t t = s->tail;  // ours alone
+    uintptr_t t = s->ctail;  // ours alone
     if (committed_from(r, s, t, 1) == 1) {
       take(r, s, t, 1, out);
       if (shard) *shard = c;
@@ -704,7 +664,7 @@ static long poll_batch_into(struct ring *r, unsigned char *out, size_t max) {
   int c = r->next_shard;
   while (got < max && idle < (int)r->nshards) {
     struct ring_shard *s = &r->shards[c];
-    uintptr_t t = s->tail;
+    uintptr_t t = s->ctail;  // ours alone
     size_t want = max - got < chunk ? max - got : chunk;
     size_t n = committed_from(r, s, t, want);
     if (n) {
@@ -737,33 +697,30 @@ int ring_debug_plant_leftovers(struct ring *r, int shard, size_t n, uintptr_t va
     return -1;
   }
   struct ring_shard *s = &r->shards[shard];
-  bool full;
-  uintptr_t h = find_head(r, s, &full);
-  // Acquire: pairs with the consumer's release of tail (tests only: no producer runs).
+  // Relaxed: tests only, while no producer offers into this shard.
+  uintptr_t h = __atomic_load_n(&s->head, __ATOMIC_RELAXED);
+  // Acquire: pairs with the consumer's release of tail.
   uintptr_t t = __atomic_load_n(&s->tail, __ATOMIC_ACQUIRE);
-  if (n >= r->capacity - (h - t)) {  // h - t <= capacity; n + 1 slots from h on
+  if (n >= r->capacity - (h - t)) {  // h - t <= capacity; room for one offer after them
     errno = EINVAL;
     return -1;
   }
-  for (size_t k = 1; k <= n; k++) {
-    unsigned char *slot = slot_at(r, s->slots, h + k);
-    memcpy(slot + PAYLOAD_OFF, &value, sizeof value);
-    // Release: as a section's try-stores, in order.
-    __atomic_store_n(SEQ(slot), h + k + 1, __ATOMIC_RELEASE);
-  }
+  // What an aborted section leaves: its try-stores into the slots from the head on,
+  // and no commit.
+  for (size_t k = 0; k < n; k++)
+    memcpy(slot_at(r, s->slots, h + k) + r->payload_off, &value, sizeof value);
   return 0;
 }
 
 // ---------------------------------------------------------------------------------
 // Statistics.
 
-// The committed position count of a shard: RSEQ mode, where the head is (its hint may
-// be behind); CAS mode, the claimed positions.
+// The committed position count of a shard: RSEQ mode, the head; CAS mode, the claimed
+// positions.
 static uintptr_t offered_until(const struct ring *r, struct ring_shard *s) {
-  bool full;
+  (void)r;
   // Relaxed: statistics; positions count every commit since creation.
-  return r->mode.mode == RSEQ_MODE_CAS ? __atomic_load_n(&s->head, __ATOMIC_RELAXED)
-                                       : find_head(r, s, &full);
+  return __atomic_load_n(&s->head, __ATOMIC_RELAXED);
 }
 
 int ring_cpu_stats(const struct ring *r, int shard, struct ring_cpu_stats *out) {
