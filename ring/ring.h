@@ -1,30 +1,36 @@
 // ring.h: a per-CPU multi-producer, single-consumer ring.
 //
 // Producers offer into the shard of the CPU (or mm_cid) they run on; one consumer
-// polls every shard, round-robin, so no shard starves. Both modes use the same slots,
-// each a sequence number and a payload: seq == p + 1 says the slot holds the item of
-// position p, and the consumer takes slots in order while that holds, then gives each
-// back for the next lap (seq = p + capacity). The modes differ in how a producer takes
-// a slot:
+// polls every shard, round-robin, so no shard starves. Positions (head, tail) are
+// free-running uintptr_t counters; a shard holds the items of positions [tail, head),
+// at most `capacity` of them. The modes differ in how a producer takes a position:
 //
-//   RSEQ  one rseq critical section, inlined at its call site (ring.c), checks that the
-//         slot at its CPU's head hint is free, writes the item and commits with the
-//         slot's seq: no locked instruction, and a producer preempted mid-offer is
-//         aborted, never holding a slot the consumer waits for. A batch offer writes
-//         a run of slots and commits it with one section.
-//   CAS   the reference: a bounded MPSC queue per shard (Vyukov's): producers claim
-//         positions with a CAS on the head and publish each slot's seq. Correct for
-//         any number of producers on any shard.
+//   RSEQ  a per-CPU buffer: one rseq critical section, inlined at its call site
+//         (ring.c), checks the position against the shard's cached limit, writes the
+//         item into its slot and commits by storing head + 1: no locked instruction,
+//         and a producer preempted mid-offer is aborted, never holding a slot the
+//         consumer waits for. A batch offer writes up to 64 slots and commits them
+//         with the same one store. The consumer reads head (acquire) only when its
+//         own copy of it runs out, and frees slots by publishing tail; producers
+//         reread tail only when their cached limit (tail + capacity) runs out.
+//   CAS   the reference: a bounded MPSC queue per shard (Vyukov's): each slot holds
+//         a sequence number and the payload; producers claim positions with a CAS on
+//         the head and publish each slot's seq, the consumer takes slots in order
+//         while their seq says committed and gives each back for the next lap. Correct
+//         for any number of producers on any shard.
 //
-// Memory layout (one shard per possible CPU, three cache lines, then its slots):
+// Memory layout (one shard per possible CPU, each part 128 bytes apart: x86 cores
+// prefetch lines in pairs), then its slots:
 //
-//   shard[c]:  | producers: head (a hint in RSEQ mode), slots | consumer: tail | counters |
-//   slot:      | seq | payload: a pointer, or a record of record_size bytes |
-//              (16 to 128 bytes, a power of two: no slot straddles two lines)
+//   shard[c]:  | producers: head, slots, mask, stride, record_size, limit |
+//              | consumer: its tail, slots, its copy of head | published tail | counters |
+//   slot:      RSEQ: | payload |  (2 x capacity slots: a producer filling the shard
+//                                  writes half a ring away from the consumer's lines)
+//              CAS:  | seq | payload |  (capacity slots)
+//   payload:   a pointer, or a record of record_size bytes; slots are 8 to 128 bytes,
+//              a power of two: no slot straddles two lines.
 //
-// Producers and the consumer meet only in the slots. Positions (head, tail, seq) are
-// free-running uintptr_t counters; a slot is pos & (cap-1). They wrap around at 2^64
-// (tests start them just below the wrap point).
+// Positions wrap around at 2^64 (tests start them just below the wrap point).
 //
 // Guarantees (tested in ring_test.c): every offered item is polled exactly once;
 // FIFO per producer while it stays on one CPU; an offer never overwrites an unread
@@ -109,15 +115,16 @@ struct ring_stats {
   uint64_t offer_commits;     // offers committed, all shards
   uint64_t offer_aborts;      // offer sections the kernel aborted (RSEQ mode)
   uint64_t offer_retries;     // offers retried: CAS mode, the head moved under the CAS;
-                              // RSEQ mode, the head hint was stale (moved by the slow path)
+                              // RSEQ mode, the cached limit ran out but the consumer had
+                              // freed slots (the limit was refreshed)
 };
 
-// TESTS ONLY (abortscan's workload, ring_test): writes into the `n` slots after the
-// head of `shard` what an aborted batch section leaves there: the item `value` and a
-// seq that says committed, without the commit of the slot at the head. Sections that
-// commit next must clear it; no planted item may ever be polled. Call it only while no
-// producer offers into that shard. 0, or -1 with errno EINVAL: not an RSEQ pointer
-// ring, shard out of range, or n + the items the shard holds + 1 over its capacity.
+// TESTS ONLY (abortscan's workload, ring_test): writes the item `value` into the `n`
+// slots from the head of `shard` on, without moving the head: what an aborted section
+// leaves behind (its try-stores, and no commit). The sections that commit next write
+// over them; no planted item may ever be polled. Call it only while no producer
+// offers into that shard. 0, or -1 with errno EINVAL: not an RSEQ pointer ring, shard
+// out of range, or n + the items the shard holds + 1 over its capacity.
 int ring_debug_plant_leftovers(struct ring *r, int shard, size_t n, uintptr_t value);
 
 // Per-shard counters (shard in [0, ring_shards)); -1 with errno EINVAL when out of range.

@@ -7,6 +7,9 @@
 //   - RSEQ mode, a migration right after an offer's index read: the item lands in the
 //     shard of the CPU the offer's section ran on, never the one it read first;
 //   - records of every size 1..64 survive the copy;
+//   - RSEQ mode: the producers' cached limit is refreshed exactly when it runs out
+//     (retries and FULL counted exactly), and what an aborted section leaves past the
+//     head is never polled;
 //   - a seeded random sequence of offers, polls and batches on random fake CPUs gives
 //     results identical to a model, and identical in both modes;
 //   - a second consumer thread gets EPERM (builds without NDEBUG).
@@ -217,10 +220,72 @@ static void test_offer_batch(enum rseq_mode mode, enum rseq_index index, uintptr
   ring_destroy(r);
 }
 
-// What an aborted batch section leaves behind (slots after the head that look
-// committed) must never reach the consumer: every later section clears the slot after
-// its run. Planted the way such an abort leaves it, then each section goes over it,
-// across the wrap.
+// RSEQ mode: the producers' cached limit. A shard filled to capacity refuses the next
+// offer (FULL, counted); after the consumer takes k items, the first offer finds the
+// limit run out, rereads the tail (one retry, counted) and goes in, the next k - 1 go
+// in on that limit with no retry, and the one after is FULL again. Exact counts, across
+// the wrap of positions, with pointer and record rings, single offers and batches.
+static void test_limit_refresh(enum rseq_index index, uintptr_t initial, size_t rec, bool batch) {
+  test_context("limit refresh index=%s initial=%#lx record=%zu batch=%d", rseq_index_name(index),
+               (unsigned long)initial, rec, batch);
+  const size_t cap = 8;
+  struct ring *r = make(RSEQ_MODE_RSEQ, index, cap, rec, initial);
+  rseq_fake_cpu_set(0);
+  unsigned char buf[64] = {0};
+  uintptr_t next = 1, polled = 1;
+  uint64_t want_full = 0, want_retries = 0;
+  for (int round = 0; round < 6; round++) {
+    size_t k = round == 0 ? cap : 1 + (size_t)round % 4;  // how many to offer into the room
+    size_t done = 0;
+    if (batch && !rec) {
+      void *items[8];
+      for (size_t i = 0; i < k; i++) items[i] = (void *)(next + i);
+      done = ring_offer_batch(r, items, k + 3);  // more than fits: takes k, then FULL
+      CHECK_EQ(done, k);
+      next += k;
+      want_full++;
+    } else {
+      for (size_t i = 0; i < k; i++, next++) {
+        memcpy(buf, &next, sizeof next);
+        int res = rec ? ring_offer_record(r, buf) : ring_offer(r, (void *)next);
+        CHECK_EQ(res, RING_OK);
+        done++;
+      }
+    }
+    if (round > 0) want_retries++;  // the first offer of the round refreshed the limit
+    memcpy(buf, &next, sizeof next);
+    int res = rec ? ring_offer_record(r, buf) : ring_offer(r, (void *)next);
+    CHECK_EQ(res, RING_FULL);
+    want_full++;
+    struct ring_stats st;
+    ring_stats(r, &st);
+    struct ring_cpu_stats cs;
+    CHECK_EQ(ring_cpu_stats(r, 0, &cs), 0);
+    CHECK_EQ(cs.full, want_full);
+    CHECK_EQ(st.offer_retries, want_retries);
+    CHECK_EQ(st.offer_aborts, 0);  // fake CPUs: no section can abort
+    // Take the next round's room, oldest first.
+    size_t take = 1 + (size_t)(round + 1) % 4;
+    for (size_t i = 0; i < take; i++, polled++) {
+      uintptr_t v = 0;
+      if (rec) {
+        CHECK_EQ(ring_poll_record(r, buf), RING_OK);
+        memcpy(&v, buf, sizeof v);
+      } else {
+        void *item;
+        CHECK_EQ(ring_poll(r, &item), RING_OK);
+        v = (uintptr_t)item;
+      }
+      CHECK_EQ(v, polled);
+    }
+  }
+  ring_destroy(r);
+}
+
+// What an aborted section leaves behind (items written into the slots from the head
+// on, and no commit) must never reach the consumer: the head says what is committed,
+// and each later section writes over them. Planted the way such an abort leaves them,
+// then each section goes over them, across the wrap.
 static void test_leftovers(enum rseq_index index) {
   test_context("leftovers of an aborted batch index=%s", rseq_index_name(index));
   struct ring *r = make(RSEQ_MODE_RSEQ, index, 8, 0, UINTPTR_MAX - 5);
@@ -485,10 +550,16 @@ int main(int argc, char **argv) {
     if (modes[i].mode == RSEQ_MODE_RSEQ) {
       test_migration_mid_offer(modes[i].index);
       test_leftovers(modes[i].index);
+      for (int w = 0; w < 2; w++) {
+        uintptr_t initial = w ? UINTPTR_MAX - 9 : 0;  // wraps mid-test
+        test_limit_refresh(modes[i].index, initial, 0, false);
+        test_limit_refresh(modes[i].index, initial, 0, true);
+        test_limit_refresh(modes[i].index, initial, 24, false);
+      }
     }
     printf(
         "ok: mode=%s index=%s: boundaries, wrap-around, records, batch offers, migration "
-        "mid-offer, aborted-batch leftovers\n",
+        "mid-offer, aborted-section leftovers, the cached limit (RSEQ)\n",
         rseq_mode_name(modes[i].mode), rseq_index_name(modes[i].index));
   }
   uint64_t seed0 = test_seed(42);

@@ -418,10 +418,10 @@ static void allocator(void) {
   ccache_heap_destroy(h);
 }
 
-// An aborted batch section leaves the slots after its first one written (seq and
-// item) but uncommitted; the next section on that CPU must clear the slot after the
-// ones it commits, or the consumer would take those items. Only an abort in the middle
-// of a batch makes that state, and abortscan forces one abort per run, so the state is
+// An aborted section leaves items written into the slots from the head on, and no
+// commit: the consumer must never take them (it takes what is below the head), and
+// the next sections on that CPU write over them. Only an abort in the middle of a
+// batch writes more than one, and abortscan forces one abort per run, so the state is
 // planted here the way such an abort leaves it (ring_debug_plant_leftovers), and then
 // a batch of one, a single offer and a shorter batch go over it. No planted item may
 // ever be polled.
