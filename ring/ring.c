@@ -15,6 +15,10 @@
 #include "sanitizers/sanitizers.h"
 
 #define CACHELINE 64
+// The offers' slow paths: out of line, so that the fast path around an inlined section
+// stays short. (clang 14's preserve_most on them, which would spare the fast path its
+// register saves, miscompiled the returned values: ring_test's boundaries failed.)
+#define RING_SLOW_PATH __attribute__((noinline))
 // What the producers, the consumer and the published tail are kept apart by: two
 // lines, since the L2 prefetchers of x86 cores fetch lines in aligned pairs, and one
 // side's writes would keep taking the other side's line along with its own.
@@ -410,33 +414,43 @@ static inline __attribute__((always_inline)) int offer_batch_section(RING_SECTIO
   return rseq_section_committed_(id, &s->head);
   RING_SECTION_EXITS_(ring_offer_batch)
 }
-// The index for a section, read inline; -1 when the area cannot give it yet.
-static inline int offer_index(const struct ring *r, struct rseq_abi **area, uint32_t **idx) {
-  struct rseq_abi *a = rseq_tls_area_;
-  if (__builtin_expect(a == NULL, 0)) return -1;
-  uint32_t *f = rseq_index_field(a, r->index_off);
-  // Relaxed: the kernel writes the field on return to user space; any current value
-  // will do, since the section compares it again.
-  uint32_t cpu = __atomic_load_n(f, __ATOMIC_RELAXED);
-  if (__builtin_expect(cpu >= r->nshards, 0)) return -1;
-  *area = a;
-  *idx = f;
-  return (int)cpu;
-}
+// Where an offer's section runs: the thread's rseq area and the index it read there.
+// Two words, returned in registers.
+struct offer_where {
+  struct rseq_abi *area;
+  long cpu;
+};
 
 // The slow path of the index read: registers the thread, plays fake-CPU migrations.
 // The section then runs with the index this read gave, as with the inline read.
-__attribute__((noinline, cold)) static int offer_no_index(const struct ring *r,
-                                                         struct rseq_abi **area, uint32_t **idx) {
+__attribute__((noinline, cold)) static struct offer_where offer_no_index(const struct ring *r) {
   int cpu = rseq_current_index(r->mode.index);
   if (cpu < 0 || cpu >= (int)r->nshards) index_out_of_range(r, cpu);
-  *area = rseq_thread_area();
-  *idx = rseq_index_field(*area, r->index_off);
-  return cpu;
+  return (struct offer_where){rseq_thread_area(), cpu};
+}
+
+// The index for a section, read inline from the thread's rseq area (the slow path when
+// the area cannot give it yet); *idx gets the field it came from.
+static inline __attribute__((always_inline)) struct offer_where offer_index(const struct ring *r,
+                                                                           uint32_t **idx) {
+  struct rseq_abi *a = rseq_tls_area_;
+  if (__builtin_expect(a != NULL, 1)) {
+    uint32_t *f = rseq_index_field(a, r->index_off);
+    // Relaxed: the kernel writes the field on return to user space; any current value
+    // will do, since the section compares it again.
+    uint32_t cpu = __atomic_load_n(f, __ATOMIC_RELAXED);
+    if (__builtin_expect(cpu < r->nshards, 1)) {
+      *idx = f;
+      return (struct offer_where){a, cpu};
+    }
+  }
+  struct offer_where w = offer_no_index(r);
+  *idx = rseq_index_field(w.area, r->index_off);
+  return w;
 }
 
 // The kernel aborted a section (preempted, migrated, signalled).
-__attribute__((noinline, cold)) static void offer_aborted(struct ring_shard *s, int id) {
+RING_SLOW_PATH __attribute__((cold)) static void offer_aborted(struct ring_shard *s, int id) {
   rseq_count_aborted(id);
   atomic_fetch_add_explicit(&s->aborts, 1, memory_order_relaxed);
 }
@@ -447,7 +461,7 @@ __attribute__((noinline, cold)) static void offer_aborted(struct ring_shard *s, 
 // some tail the consumer published, plus the capacity, so it is never ahead of the
 // true one; a store that races another can only make it lower (more cmpfails, never
 // an overwrite of an unread item).
-__attribute__((noinline)) static bool offer_refresh_limit(const struct ring *r, struct ring_shard *s) {
+RING_SLOW_PATH static bool offer_refresh_limit(const struct ring *r, struct ring_shard *s) {
   // Relaxed: head is read first, tail after it, so that a FULL answer held at the
   // moment tail was read (head can only have grown since it was read).
   uintptr_t h = __atomic_load_n(&s->head, __ATOMIC_RELAXED);
@@ -476,10 +490,10 @@ static int wrong_kind(void) {
 // `full`.
 #define RING_OFFER_LOOP_(id, call, committed, full)                          \
   for (;;) {                                                                \
-    struct rseq_abi *area;                                                  \
     uint32_t *idx;                                                          \
-    int cpu = offer_index(r, &area, &idx);                                  \
-    if (__builtin_expect(cpu < 0, 0)) cpu = offer_no_index(r, &area, &idx); \
+    struct offer_where w = offer_index(r, &idx);                            \
+    struct rseq_abi *area = w.area;                                         \
+    int cpu = (int)w.cpu;                                                   \
     struct ring_shard *s = &r->shards[cpu];                                 \
     int res = call;                                                         \
     if (__builtin_expect(res == RSEQ_COMMIT, 1)) return committed;          \
@@ -489,9 +503,18 @@ static int wrong_kind(void) {
       return full;                                                          \
   }
 
+// CAS mode's single offers, out of the RSEQ fast path's way (the item's address is
+// taken here, not in ring_offer's frame).
+__attribute__((noinline)) static int cas_offer_one(struct ring *r, const void *payload) {
+  return cas_offer(r, payload, 1) ? RING_OK : RING_FULL;
+}
+__attribute__((noinline)) static int cas_offer_pointer(struct ring *r, void *item) {
+  return cas_offer_one(r, &item);
+}
+
 int ring_offer(struct ring *r, void *item) {
   if (__builtin_expect(r->record_size != 0, 0)) return wrong_kind();
-  if (r->mode.mode == RSEQ_MODE_CAS) return cas_offer(r, (unsigned char *)&item, 1) ? RING_OK : RING_FULL;
+  if (r->mode.mode == RSEQ_MODE_CAS) return cas_offer_pointer(r, item);
   RING_OFFER_LOOP_(RSEQ_SECTION_ID_ring_offer,
                    offer_section(area, idx, r->mode.index, cpu, s, (intptr_t)item), RING_OK,
                    RING_FULL)
@@ -499,7 +522,7 @@ int ring_offer(struct ring *r, void *item) {
 
 int ring_offer_record(struct ring *r, const void *record) {
   if (__builtin_expect(r->record_size == 0, 0)) return wrong_kind();
-  if (r->mode.mode == RSEQ_MODE_CAS) return cas_offer(r, record, 1) ? RING_OK : RING_FULL;
+  if (r->mode.mode == RSEQ_MODE_CAS) return cas_offer_one(r, record);
   RING_OFFER_LOOP_(RSEQ_SECTION_ID_ring_offer_record,
                    offer_record_section(area, idx, r->mode.index, cpu, s, record), RING_OK,
                    RING_FULL)
@@ -639,9 +662,39 @@ static int poll_into(struct ring *r, void *out, int *shard) {
   return RING_EMPTY;
 }
 
+// RSEQ mode, one pointer: poll_into's walk with nothing else in it (no record copy,
+// no call), so the consumer's loop does few stores besides the item, its tail and its
+// cursor.
+static inline __attribute__((always_inline)) int poll_rseq_pointer(struct ring *r, void **item) {
+  uint32_t n = r->nshards, c = (uint32_t)r->next_shard;
+  for (uint32_t i = 0; i < n; i++) {
+    struct ring_shard *s = &r->shards[c];
+    uintptr_t t = s->ctail;  // ours alone
+    if (t == s->chead) {
+      // Acquire: pairs with the sections' commit of head (see committed_from).
+      uintptr_t h = __atomic_load_n(&s->head, __ATOMIC_ACQUIRE);
+      if (h == t) {
+        if (++c == n) c = 0;
+        continue;
+      }
+      s->chead = h;
+      CCACHE_TSAN_ACQUIRE(&s->head);
+    }
+    *item = ((void **)s->cslots)[t & r->mask];  // RSEQ pointer slots: 8 bytes, no seq
+    s->ctail = t + 1;
+    // Release: as take()'s publication of tail.
+    __atomic_store_n(&s->tail, t + 1, __ATOMIC_RELEASE);
+    r->next_shard = c + 1 == n ? 0 : (int)(c + 1);  // round-robin, as poll_into
+    return RING_OK;
+  }
+  return RING_EMPTY;
+}
+
 int ring_poll(struct ring *r, void **item) {
   if (r->record_size != 0) return wrong_kind();
-  return poll_into(r, item, NULL);
+  if (r->mode.mode == RSEQ_MODE_CAS) return poll_into(r, item, NULL);
+  if (check_consumer(r) != 0) return -1;
+  return poll_rseq_pointer(r, item);
 }
 
 int ring_poll_shard(struct ring *r, void **item, int *shard) {
