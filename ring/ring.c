@@ -312,22 +312,22 @@ static size_t cas_offer(struct ring *r, const unsigned char *payloads, size_t n)
 // One pointer into slot h (8-byte slots: pointer rings in RSEQ mode have no seq).
 static inline __attribute__((always_inline)) int offer_section(RING_SECTION_ARGS_, intptr_t item) {
   enum { id = RSEQ_SECTION_ID_ring_offer };
-  unsigned long h, a, b;
+  unsigned long h;
   rseq_section_enter_(id, index, cpu, &s->head);
+  // The slot's address in rax alone: few registers, so that ring_offer needs no saves.
   __asm__ __volatile__ goto(RING_ASM_START_("ring_offer")
                RSEQ_INJECT_ASM(1)
-               "movq " RING_OFF_SLOTS "(%[s]), %[a]\n\t"
-               "movq %[h], %[b]\n\t"
-               "andq " RING_OFF_MASK "(%[s]), %[b]\n\t"
-               "movq %[item], (%[a], %[b], 8)\n\t"             /* the try-store */
+               "movq %[h], %%rax\n\t"
+               "andq " RING_OFF_MASK "(%[s]), %%rax\n\t"
+               "shlq $3, %%rax\n\t"
+               "addq " RING_OFF_SLOTS "(%[s]), %%rax\n\t"
+               "movq %[item], (%%rax)\n\t"                    /* the try-store */
                "incq %[h]\n\t"
                RING_ASM_COMMIT_
-               : [h] "=&r"(h), [a] "=&r"(a), [b] "=&r"(b)
+               : [h] "=&r"(h)
                : RING_ASM_INPUTS_, [item] "r"(item)
                : RING_ASM_CLOBBERS_);
   (void)h;
-  (void)a;
-  (void)b;
   return rseq_section_committed_(id, &s->head);
   RING_SECTION_EXITS_(ring_offer)
 }
@@ -478,7 +478,7 @@ RING_SLOW_PATH static bool offer_refresh_limit(const struct ring *r, struct ring
   return true;
 }
 
-static int wrong_kind(void) {
+__attribute__((noinline, cold)) static int wrong_kind(void) {
   errno = EINVAL;
   return -1;
 }
@@ -512,12 +512,67 @@ __attribute__((noinline)) static int cas_offer_pointer(struct ring *r, void *ite
   return cas_offer_one(r, &item);
 }
 
+// ring_offer: one attempt, and tail calls. Its slow paths are functions of the same
+// type that it jumps to and that jump back to it (musttail: no stack grows, in any
+// build), so that the attempt calls nothing and keeps its values in scratch registers:
+// no register saves, hence no stores but the section's own. A producer that does more
+// stores per item than it needs falls behind the consumer (see the README's "where an
+// offer's time goes"). What the slow paths need from the attempt goes through the
+// thread's own `offer_retry_why`.
+static __thread struct {
+  struct ring_shard *s;  // the shard the attempt's section ran on
+  int res;               // RSEQ_ABORT, or the section's cmpfail (the limit ran out)
+  int have_index;        // the next attempt runs with `where` (the slow index read)
+  struct offer_where where;
+} offer_retry_why;
+
+static int ring_offer_retry(struct ring *r, void *item);
+static int ring_offer_slow_index(struct ring *r, void *item);
+
 int ring_offer(struct ring *r, void *item) {
   if (__builtin_expect(r->record_size != 0, 0)) return wrong_kind();
   if (r->mode.mode == RSEQ_MODE_CAS) return cas_offer_pointer(r, item);
-  RING_OFFER_LOOP_(RSEQ_SECTION_ID_ring_offer,
-                   offer_section(area, idx, r->mode.index, cpu, s, (intptr_t)item), RING_OK,
-                   RING_FULL)
+  struct rseq_abi *area = rseq_tls_area_;
+  uint32_t *idx;
+  int cpu;
+  if (__builtin_expect(offer_retry_why.have_index, 0)) {  // the slow index read's
+    offer_retry_why.have_index = 0;
+    area = offer_retry_why.where.area;
+    cpu = (int)offer_retry_why.where.cpu;
+    idx = rseq_index_field(area, r->index_off);
+  } else {
+    if (__builtin_expect(area == NULL, 0)) __attribute__((musttail)) return ring_offer_slow_index(r, item);
+    idx = rseq_index_field(area, r->index_off);
+    // Relaxed: the kernel writes the field on return to user space; any current value
+    // will do, since the section compares it again.
+    uint32_t c = __atomic_load_n(idx, __ATOMIC_RELAXED);
+    if (__builtin_expect(c >= r->nshards, 0)) __attribute__((musttail)) return ring_offer_slow_index(r, item);
+    cpu = (int)c;
+  }
+  struct ring_shard *s = &r->shards[cpu];
+  int res = offer_section(area, idx, r->mode.index, cpu, s, (intptr_t)item);
+  if (__builtin_expect(res == RSEQ_COMMIT, 1)) return RING_OK;
+  offer_retry_why.s = s;
+  offer_retry_why.res = res;
+  __attribute__((musttail)) return ring_offer_retry(r, item);
+}
+
+// The index read's slow path (offer_no_index): the next attempt runs with its answer.
+__attribute__((noinline, cold)) static int ring_offer_slow_index(struct ring *r, void *item) {
+  offer_retry_why.where = offer_no_index(r);
+  offer_retry_why.have_index = 1;
+  __attribute__((musttail)) return ring_offer(r, item);
+}
+
+// After an attempt that did not commit: count the abort, or refresh the limit (FULL
+// when the shard is), and go again.
+__attribute__((noinline)) static int ring_offer_retry(struct ring *r, void *item) {
+  struct ring_shard *s = offer_retry_why.s;
+  if (offer_retry_why.res == RSEQ_ABORT)
+    offer_aborted(s, RSEQ_SECTION_ID_ring_offer);
+  else if (!offer_refresh_limit(r, s))
+    return RING_FULL;
+  __attribute__((musttail)) return ring_offer(r, item);
 }
 
 int ring_offer_record(struct ring *r, const void *record) {
