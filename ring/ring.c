@@ -483,8 +483,9 @@ __attribute__((noinline, cold)) static int wrong_kind(void) {
   return -1;
 }
 
-// The retry loop around one inlined section (a call site of its own in each offer
-// function): read the index, run `call` on that CPU's shard (area, idx, cpu and s are
+// The retry loop around one inlined section (a call site of its own in
+// ring_offer_record and offer_batch_rseq; ring_offer is written out below, with tail
+// calls): read the index, run `call` on that CPU's shard (area, idx, cpu and s are
 // in scope for it); after a commit return `committed`; after an abort go again; when
 // the section found the cached limit reached, refresh it and go again, or return
 // `full`.
