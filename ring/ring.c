@@ -513,67 +513,69 @@ __attribute__((noinline)) static int cas_offer_pointer(struct ring *r, void *ite
   return cas_offer_one(r, &item);
 }
 
-// ring_offer: one attempt, and tail calls. Its slow paths are functions of the same
-// type that it jumps to and that jump back to it (musttail: no stack grows, in any
-// build), so that the attempt calls nothing and keeps its values in scratch registers:
-// no register saves, hence no stores but the section's own. A producer that does more
-// stores per item than it needs falls behind the consumer (see the README's "where an
-// offer's time goes"). What the slow paths need from the attempt goes through the
-// thread's own `offer_retry_why`.
-static __thread struct {
-  struct ring_shard *s;  // the shard the attempt's section ran on
-  int res;               // RSEQ_ABORT, or the section's cmpfail (the limit ran out)
-  int have_index;        // the next attempt runs with `where` (the slow index read)
-  struct offer_where where;
-} offer_retry_why;
+// ring_offer: one attempt, and tail calls. The attempt (offer_attempt) and its slow
+// paths are functions of one type that jump to each other (musttail: no stack grows,
+// in any build), so that the attempt calls nothing and keeps its values in scratch
+// registers: no register saves, hence no stores but the section's own. A producer that
+// does more stores per item than it needs falls behind the consumer (see the README's
+// "where an offer's time goes"). What a slow path needs from the attempt, and the
+// attempt from a slow path, goes in the two last arguments, never in memory: a signal
+// handler that offers on the same thread between two of them changes nothing.
+//   offer_attempt(r, item, area, cpu): the section with the index read inline, or with
+//     the slow read's (area, cpu) when area is not NULL;
+//   offer_retry(r, item, s, res): after an abort (res RSEQ_ABORT) or the limit running
+//     out on shard s;
+//   offer_slow_index(r, item, -, -): the index read's slow path (offer_no_index).
+typedef int offer_step_fn(struct ring *r, void *item, void *p, long v);
+static offer_step_fn offer_retry, offer_slow_index;
 
-static int ring_offer_retry(struct ring *r, void *item);
-static int ring_offer_slow_index(struct ring *r, void *item);
-
-int ring_offer(struct ring *r, void *item) {
-  if (__builtin_expect(r->record_size != 0, 0)) return wrong_kind();
-  if (r->mode.mode == RSEQ_MODE_CAS) return cas_offer_pointer(r, item);
-  struct rseq_abi *area = rseq_tls_area_;
+__attribute__((noinline)) static int offer_attempt(struct ring *r, void *item, void *p, long v) {
+  struct rseq_abi *area = p;
   uint32_t *idx;
   int cpu;
-  if (__builtin_expect(offer_retry_why.have_index, 0)) {  // the slow index read's
-    offer_retry_why.have_index = 0;
-    area = offer_retry_why.where.area;
-    cpu = (int)offer_retry_why.where.cpu;
+  if (__builtin_expect(area != NULL, 0)) {  // the slow index read's
+    cpu = (int)v;
     idx = rseq_index_field(area, r->index_off);
   } else {
-    if (__builtin_expect(area == NULL, 0)) __attribute__((musttail)) return ring_offer_slow_index(r, item);
+    area = rseq_tls_area_;
+    if (__builtin_expect(area == NULL, 0))
+      __attribute__((musttail)) return offer_slow_index(r, item, NULL, 0);
     idx = rseq_index_field(area, r->index_off);
     // Relaxed: the kernel writes the field on return to user space; any current value
     // will do, since the section compares it again.
     uint32_t c = __atomic_load_n(idx, __ATOMIC_RELAXED);
-    if (__builtin_expect(c >= r->nshards, 0)) __attribute__((musttail)) return ring_offer_slow_index(r, item);
+    if (__builtin_expect(c >= r->nshards, 0))
+      __attribute__((musttail)) return offer_slow_index(r, item, NULL, 0);
     cpu = (int)c;
   }
   struct ring_shard *s = &r->shards[cpu];
   int res = offer_section(area, idx, r->mode.index, cpu, s, (intptr_t)item);
   if (__builtin_expect(res == RSEQ_COMMIT, 1)) return RING_OK;
-  offer_retry_why.s = s;
-  offer_retry_why.res = res;
-  __attribute__((musttail)) return ring_offer_retry(r, item);
+  __attribute__((musttail)) return offer_retry(r, item, s, res);
 }
 
-// The index read's slow path (offer_no_index): the next attempt runs with its answer.
-__attribute__((noinline, cold)) static int ring_offer_slow_index(struct ring *r, void *item) {
-  offer_retry_why.where = offer_no_index(r);
-  offer_retry_why.have_index = 1;
-  __attribute__((musttail)) return ring_offer(r, item);
+__attribute__((noinline, cold)) static int offer_slow_index(struct ring *r, void *item, void *p,
+                                                            long v) {
+  (void)p;
+  (void)v;
+  struct offer_where w = offer_no_index(r);
+  __attribute__((musttail)) return offer_attempt(r, item, w.area, w.cpu);
 }
 
-// After an attempt that did not commit: count the abort, or refresh the limit (FULL
-// when the shard is), and go again.
-__attribute__((noinline)) static int ring_offer_retry(struct ring *r, void *item) {
-  struct ring_shard *s = offer_retry_why.s;
-  if (offer_retry_why.res == RSEQ_ABORT)
+// Count the abort, or refresh the limit (FULL when the shard is full), and go again.
+__attribute__((noinline)) static int offer_retry(struct ring *r, void *item, void *p, long v) {
+  struct ring_shard *s = p;
+  if (v == RSEQ_ABORT)
     offer_aborted(s, RSEQ_SECTION_ID_ring_offer);
   else if (!offer_refresh_limit(r, s))
     return RING_FULL;
-  __attribute__((musttail)) return ring_offer(r, item);
+  __attribute__((musttail)) return offer_attempt(r, item, NULL, 0);
+}
+
+int ring_offer(struct ring *r, void *item) {
+  if (__builtin_expect(r->record_size != 0, 0)) return wrong_kind();
+  if (r->mode.mode == RSEQ_MODE_CAS) return cas_offer_pointer(r, item);
+  return offer_attempt(r, item, NULL, 0);  // a jump, where the compiler optimizes
 }
 
 int ring_offer_record(struct ring *r, const void *record) {
