@@ -19,6 +19,17 @@
 // stays short. (clang 14's preserve_most on them, which would spare the fast path its
 // register saves, miscompiled the returned values: ring_test's boundaries failed.)
 #define RING_SLOW_PATH __attribute__((noinline))
+// ring_offer's steps jump to each other (see offer_attempt). Where the compiler cannot
+// promise a tail call (GCC before 15), they are plain calls: correct, with a stack
+// that grows by a frame per retry, and the register saves back in the fast path.
+#if defined(__has_attribute)
+#if __has_attribute(musttail)
+#define RING_MUSTTAIL __attribute__((musttail))
+#endif
+#endif
+#ifndef RING_MUSTTAIL
+#define RING_MUSTTAIL
+#endif
 // What the producers, the consumer and the published tail are kept apart by: two
 // lines, since the L2 prefetchers of x86 cores fetch lines in aligned pairs, and one
 // side's writes would keep taking the other side's line along with its own.
@@ -39,7 +50,7 @@ struct ring_shard {
   // record_size are constant after creation.
   _Alignas(SEPARATE) uintptr_t head;
   unsigned char *slots;
-  uintptr_t mask;         // capacity - 1
+  uintptr_t mask;         // slots - 1 (RSEQ: 2 x capacity - 1)
   uintptr_t stride;       // bytes from one slot to the next
   uintptr_t record_size;  // bytes per record (record rings; 8 for pointers)
   uintptr_t limit;
@@ -462,9 +473,10 @@ RING_SLOW_PATH __attribute__((cold)) static void offer_aborted(struct ring_shard
 // true one; a store that races another can only make it lower (more cmpfails, never
 // an overwrite of an unread item).
 RING_SLOW_PATH static bool offer_refresh_limit(const struct ring *r, struct ring_shard *s) {
-  // Relaxed: head is read first, tail after it, so that a FULL answer held at the
-  // moment tail was read (head can only have grown since it was read).
-  uintptr_t h = __atomic_load_n(&s->head, __ATOMIC_RELAXED);
+  // Head first, then tail, so that a FULL answer held at the moment tail was read
+  // (head can only have grown since). Acquire: keeps the tail load after this one (on
+  // x86 no load passes an earlier load anyway: it costs nothing).
+  uintptr_t h = __atomic_load_n(&s->head, __ATOMIC_ACQUIRE);
   // Acquire: pairs with the consumer's release of tail: its reads of the slots below
   // the new limit are done before our sections overwrite them.
   uintptr_t t = __atomic_load_n(&s->tail, __ATOMIC_ACQUIRE);
@@ -474,7 +486,7 @@ RING_SLOW_PATH static bool offer_refresh_limit(const struct ring *r, struct ring
     atomic_fetch_add_explicit(&s->full, 1, memory_order_relaxed);
     return false;
   }
-  atomic_store_explicit(&s->retries, atomic_load_explicit(&s->retries, memory_order_relaxed) + 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&s->retries, 1, memory_order_relaxed);
   return true;
 }
 
@@ -515,7 +527,7 @@ __attribute__((noinline)) static int cas_offer_pointer(struct ring *r, void *ite
 
 // ring_offer: one attempt, and tail calls. The attempt (offer_attempt) and its slow
 // paths are functions of one type that jump to each other (musttail: no stack grows,
-// in any build), so that the attempt calls nothing and keeps its values in scratch
+// in any build with clang), so that the attempt calls nothing and keeps its values in scratch
 // registers: no register saves, hence no stores but the section's own. A producer that
 // does more stores per item than it needs falls behind the consumer (see the README's
 // "where an offer's time goes"). What a slow path needs from the attempt, and the
@@ -538,20 +550,22 @@ __attribute__((noinline)) static int offer_attempt(struct ring *r, void *item, v
     idx = rseq_index_field(area, r->index_off);
   } else {
     area = rseq_tls_area_;
-    if (__builtin_expect(area == NULL, 0))
-      __attribute__((musttail)) return offer_slow_index(r, item, NULL, 0);
+    if (__builtin_expect(area == NULL, 0)) {
+      RING_MUSTTAIL return offer_slow_index(r, item, NULL, 0);
+    }
     idx = rseq_index_field(area, r->index_off);
     // Relaxed: the kernel writes the field on return to user space; any current value
     // will do, since the section compares it again.
     uint32_t c = __atomic_load_n(idx, __ATOMIC_RELAXED);
-    if (__builtin_expect(c >= r->nshards, 0))
-      __attribute__((musttail)) return offer_slow_index(r, item, NULL, 0);
+    if (__builtin_expect(c >= r->nshards, 0)) {
+      RING_MUSTTAIL return offer_slow_index(r, item, NULL, 0);
+    }
     cpu = (int)c;
   }
   struct ring_shard *s = &r->shards[cpu];
   int res = offer_section(area, idx, r->mode.index, cpu, s, (intptr_t)item);
   if (__builtin_expect(res == RSEQ_COMMIT, 1)) return RING_OK;
-  __attribute__((musttail)) return offer_retry(r, item, s, res);
+  RING_MUSTTAIL return offer_retry(r, item, s, res);
 }
 
 __attribute__((noinline, cold)) static int offer_slow_index(struct ring *r, void *item, void *p,
@@ -559,7 +573,7 @@ __attribute__((noinline, cold)) static int offer_slow_index(struct ring *r, void
   (void)p;
   (void)v;
   struct offer_where w = offer_no_index(r);
-  __attribute__((musttail)) return offer_attempt(r, item, w.area, w.cpu);
+  RING_MUSTTAIL return offer_attempt(r, item, w.area, w.cpu);
 }
 
 // Count the abort, or refresh the limit (FULL when the shard is full), and go again.
@@ -569,7 +583,7 @@ __attribute__((noinline)) static int offer_retry(struct ring *r, void *item, voi
     offer_aborted(s, RSEQ_SECTION_ID_ring_offer);
   else if (!offer_refresh_limit(r, s))
     return RING_FULL;
-  __attribute__((musttail)) return offer_attempt(r, item, NULL, 0);
+  RING_MUSTTAIL return offer_attempt(r, item, NULL, 0);
 }
 
 int ring_offer(struct ring *r, void *item) {

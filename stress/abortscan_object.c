@@ -768,15 +768,21 @@ static int scan(int argc, char **argv) {
       not_sampled++;
     } else {
       // A failure is confirmed by rerunning the point: a deterministic command fails the
-      // same way each time this abort is forced. One that passes on both reruns is FLAKY,
+      // same way each time this abort is forced. One that passes both reruns is FLAKY,
       // not pinned on this point: something else in that run (a natural abort in another,
       // broken, section) changed the output. It still fails the scan (exit 1).
       struct forced_result fr = force_point(tg, sec, preload, counters, base1.status, base1.out);
       if (!strncmp(fr.verdict, "FAIL", 4)) {
-        struct forced_result again = force_point(tg, sec, preload, counters, base1.status, base1.out);
-        if (strncmp(again.verdict, "FAIL", 4))
-          again = force_point(tg, sec, preload, counters, base1.status, base1.out);
-        if (strncmp(again.verdict, "FAIL", 4)) {
+        // FLAKY only when both reruns pass ("ok"): one that fails confirms the FAIL, and
+        // one that never reached the point confirms nothing, so the FAIL stands.
+        int ok_reruns = 0;
+        for (int k = 0; k < 2; k++) {
+          struct forced_result again =
+              force_point(tg, sec, preload, counters, base1.status, base1.out);
+          if (strcmp(again.verdict, "ok")) break;
+          ok_reruns++;
+        }
+        if (ok_reruns == 2) {
           snprintf(flaky_verdict, sizeof flaky_verdict,
                    "FLAKY: %s in one run, passed on 2 reruns", fr.verdict + 6);
           fr.verdict = flaky_verdict;
