@@ -15,10 +15,6 @@
 #include "sanitizers/sanitizers.h"
 
 #define CACHELINE 64
-// The offers' slow paths: out of line, so that the fast path around an inlined section
-// stays short. (clang 14's preserve_most on them, which would spare the fast path its
-// register saves, miscompiled the returned values: ring_test's boundaries failed.)
-#define RING_SLOW_PATH __attribute__((noinline))
 // ring_offer's steps jump to each other (see offer_attempt). Where the compiler cannot
 // promise a tail call (GCC before 15), they are plain calls: correct, with a stack
 // that grows by a frame per retry, and the register saves back in the fast path.
@@ -35,9 +31,9 @@
 // side's writes would keep taking the other side's line along with its own.
 #define SEPARATE 128
 
-// One shard per CPU (or mm_cid): three cache lines, so the producers of a CPU, the
-// consumer and the statistics never write a line another of them reads on their fast
-// paths. RSEQ mode: producers and consumer meet in the slots and in `head`, which the
+// One shard per CPU (or mm_cid): four parts, SEPARATE bytes apart, so the producers of
+// a CPU, the consumer and the statistics never write a line another of them reads on
+// their fast paths. RSEQ mode: producers and consumer meet in the slots and in `head`, which the
 // consumer reads only when its cached copy says the shard is empty; the producers read
 // `tail` only when their cached `limit` says the shard is full. CAS mode: they meet in
 // the slots (see ring.h).
@@ -270,8 +266,8 @@ static size_t cas_offer(struct ring *r, const unsigned char *payloads, size_t n)
 
 // ---------------------------------------------------------------------------------
 // RSEQ-mode producers: a per-CPU buffer whose head only the sections move. Three
-// sections, inlined at their one call site each (ring_offer, ring_offer_record,
-// offer_batch_rseq): an offer is one call with no locked instruction, and in the
+// sections, inlined at their one call site each (offer_attempt for ring_offer,
+// ring_offer_record, offer_batch_rseq): an offer is one call with no locked instruction, and in the
 // common case reads and writes only its CPU's producer line and the slots. Each:
 //   if (cpu != current) abort;
 //   h = s->head;  if (h - s->limit >= 0) goto cmpfail;    (full, as far as the cached
@@ -440,28 +436,37 @@ __attribute__((noinline, cold)) static struct offer_where offer_no_index(const s
   return (struct offer_where){rseq_thread_area(), cpu};
 }
 
-// The index for a section, read inline from the thread's rseq area (the slow path when
-// the area cannot give it yet); *idx gets the field it came from.
+// The index for a section, read inline from the thread's rseq area: the index, with
+// *area and *idx (the field it came from); -1 when the area cannot give it yet (then
+// offer_no_index does).
+static inline __attribute__((always_inline)) long offer_index_inline(const struct ring *r,
+                                                                    struct rseq_abi **area,
+                                                                    uint32_t **idx) {
+  struct rseq_abi *a = rseq_tls_area_;
+  if (__builtin_expect(a == NULL, 0)) return -1;
+  uint32_t *f = rseq_index_field(a, r->index_off);
+  // Relaxed: the kernel writes the field on return to user space; any current value
+  // will do, since the section compares it again.
+  uint32_t cpu = __atomic_load_n(f, __ATOMIC_RELAXED);
+  if (__builtin_expect(cpu >= r->nshards, 0)) return -1;
+  *area = a;
+  *idx = f;
+  return cpu;
+}
+
+// The index for a section, inline or by the slow path; *idx gets its field.
 static inline __attribute__((always_inline)) struct offer_where offer_index(const struct ring *r,
                                                                            uint32_t **idx) {
-  struct rseq_abi *a = rseq_tls_area_;
-  if (__builtin_expect(a != NULL, 1)) {
-    uint32_t *f = rseq_index_field(a, r->index_off);
-    // Relaxed: the kernel writes the field on return to user space; any current value
-    // will do, since the section compares it again.
-    uint32_t cpu = __atomic_load_n(f, __ATOMIC_RELAXED);
-    if (__builtin_expect(cpu < r->nshards, 1)) {
-      *idx = f;
-      return (struct offer_where){a, cpu};
-    }
-  }
-  struct offer_where w = offer_no_index(r);
+  struct offer_where w;
+  w.cpu = offer_index_inline(r, &w.area, idx);
+  if (__builtin_expect(w.cpu >= 0, 1)) return w;
+  w = offer_no_index(r);
   *idx = rseq_index_field(w.area, r->index_off);
   return w;
 }
 
 // The kernel aborted a section (preempted, migrated, signalled).
-RING_SLOW_PATH __attribute__((cold)) static void offer_aborted(struct ring_shard *s, int id) {
+__attribute__((noinline, cold)) static void offer_aborted(struct ring_shard *s, int id) {
   rseq_count_aborted(id);
   atomic_fetch_add_explicit(&s->aborts, 1, memory_order_relaxed);
 }
@@ -472,7 +477,7 @@ RING_SLOW_PATH __attribute__((cold)) static void offer_aborted(struct ring_shard
 // some tail the consumer published, plus the capacity, so it is never ahead of the
 // true one; a store that races another can only make it lower (more cmpfails, never
 // an overwrite of an unread item).
-RING_SLOW_PATH static bool offer_refresh_limit(const struct ring *r, struct ring_shard *s) {
+__attribute__((noinline)) static bool offer_refresh_limit(const struct ring *r, struct ring_shard *s) {
   // Head first, then tail, so that a FULL answer held at the moment tail was read
   // (head can only have grown since). Acquire: keeps the tail load after this one (on
   // x86 no load passes an earlier load anyway: it costs nothing).
@@ -549,15 +554,8 @@ __attribute__((noinline)) static int offer_attempt(struct ring *r, void *item, v
     cpu = (int)v;
     idx = rseq_index_field(area, r->index_off);
   } else {
-    area = rseq_tls_area_;
-    if (__builtin_expect(area == NULL, 0)) {
-      RING_MUSTTAIL return offer_slow_index(r, item, NULL, 0);
-    }
-    idx = rseq_index_field(area, r->index_off);
-    // Relaxed: the kernel writes the field on return to user space; any current value
-    // will do, since the section compares it again.
-    uint32_t c = __atomic_load_n(idx, __ATOMIC_RELAXED);
-    if (__builtin_expect(c >= r->nshards, 0)) {
+    long c = offer_index_inline(r, &area, &idx);
+    if (__builtin_expect(c < 0, 0)) {
       RING_MUSTTAIL return offer_slow_index(r, item, NULL, 0);
     }
     cpu = (int)c;
@@ -668,23 +666,31 @@ void ring_consumer_release(struct ring *r) {
   atomic_store_explicit(&r->consumer, NULL, memory_order_release);
 }
 
+// RSEQ mode: how many committed items shard s holds from position t (its tail) on, at
+// most `max`: those below the head. The consumer's copy of the head is reread only
+// when it does not cover `max` items.
+static inline __attribute__((always_inline)) size_t committed_rseq(struct ring_shard *s,
+                                                                   uintptr_t t, size_t max) {
+  uintptr_t n = s->chead - t;  // ours alone
+  if (n < max) {
+    // Acquire: pairs with the sections' commit of head (a store in asm: a release on
+    // x86, which TSan cannot see: the producer released s->head before its section and
+    // we acquire it below); the slots below it are written.
+    uintptr_t h = __atomic_load_n(&s->head, __ATOMIC_ACQUIRE);
+    n = h - t;
+    if (n) {  // else h == t == chead already: no store on an empty shard's visit
+      s->chead = h;
+      CCACHE_TSAN_ACQUIRE(&s->head);
+    }
+  }
+  return n < max ? n : max;
+}
+
 // How many committed items shard s holds from position t (its tail) on, at most
-// `max`. RSEQ: below the head; the consumer's copy of it is reread only when it does
-// not cover `max` items. CAS: the slots in order while their seq says committed.
+// `max`. RSEQ: committed_rseq. CAS: the slots in order while their seq says committed.
 static inline size_t committed_from(const struct ring *r, struct ring_shard *s, uintptr_t t,
                                     size_t max) {
-  if (r->mode.mode != RSEQ_MODE_CAS) {
-    uintptr_t n = s->chead - t;  // ours alone
-    if (n < max) {
-      // Acquire: pairs with the sections' commit of head (a store in asm: a release on
-      // x86, which TSan cannot see: the producer released s->head before its section
-      // and we acquire it below); the slots below it are written.
-      s->chead = __atomic_load_n(&s->head, __ATOMIC_ACQUIRE);
-      n = s->chead - t;
-      if (n) CCACHE_TSAN_ACQUIRE(&s->head);
-    }
-    return n < max ? n : max;
-  }
+  if (r->mode.mode != RSEQ_MODE_CAS) return committed_rseq(s, t, max);
   size_t n = 0;
   // Acquire: pairs with the producer's release of seq; the payload is written.
   while (n < max && __atomic_load_n(SEQ(slot_at(r, s->cslots, t + n)), __ATOMIC_ACQUIRE) == t + n + 1)
@@ -742,15 +748,9 @@ static inline __attribute__((always_inline)) int poll_rseq_pointer(struct ring *
   for (uint32_t i = 0; i < n; i++) {
     struct ring_shard *s = &r->shards[c];
     uintptr_t t = s->ctail;  // ours alone
-    if (t == s->chead) {
-      // Acquire: pairs with the sections' commit of head (see committed_from).
-      uintptr_t h = __atomic_load_n(&s->head, __ATOMIC_ACQUIRE);
-      if (h == t) {
-        if (++c == n) c = 0;
-        continue;
-      }
-      s->chead = h;
-      CCACHE_TSAN_ACQUIRE(&s->head);
+    if (!committed_rseq(s, t, 1)) {
+      if (++c == n) c = 0;
+      continue;
     }
     *item = ((void **)s->cslots)[t & r->mask];  // RSEQ pointer slots: 8 bytes, no seq
     s->ctail = t + 1;
@@ -842,8 +842,7 @@ int ring_debug_plant_leftovers(struct ring *r, int shard, size_t n, uintptr_t va
 
 // The committed position count of a shard: RSEQ mode, the head; CAS mode, the claimed
 // positions.
-static uintptr_t offered_until(const struct ring *r, struct ring_shard *s) {
-  (void)r;
+static uintptr_t offered_until(struct ring_shard *s) {
   // Relaxed: statistics; positions count every commit since creation.
   return __atomic_load_n(&s->head, __ATOMIC_RELAXED);
 }
@@ -857,7 +856,7 @@ int ring_cpu_stats(const struct ring *r, int shard, struct ring_cpu_stats *out) 
   // Relaxed: statistics. Tail first: an item polled in between then counts as offered
   // but not yet polled, never the other way round.
   out->polled = __atomic_load_n(&s->tail, __ATOMIC_RELAXED) - r->initial;
-  out->offered = offered_until(r, s) - r->initial;
+  out->offered = offered_until(s) - r->initial;
   out->full = atomic_load_explicit(&s->full, memory_order_relaxed);
   return 0;
 }
@@ -869,7 +868,7 @@ void ring_stats(const struct ring *r, struct ring_stats *out) {
                                                       : "ring_offer (ring_offer_batch for batches)";
   for (uint32_t c = 0; c < r->nshards; c++) {
     struct ring_shard *s = &r->shards[c];
-    out->offer_commits += offered_until(r, s) - r->initial;
+    out->offer_commits += offered_until(s) - r->initial;
     out->offer_aborts += atomic_load_explicit(&s->aborts, memory_order_relaxed);
     out->offer_retries += atomic_load_explicit(&s->retries, memory_order_relaxed);
   }

@@ -431,7 +431,7 @@ static uint64_t (*landing)[2];  // per section: where one step from abort_ip lan
 
 struct forced_result {
   bool reached, did_abort, same;
-  const char *verdict;  // a string literal
+  const char *verdict;  // a string literal (the caller may point it at its FLAKY text)
   char counted[48];
 };
 
