@@ -101,7 +101,12 @@ static struct large_spare take_spare(struct ccache_heap *heap, size_t usable) {
   struct large_spare sp = heap->large_spares[best];
   heap->large_spares[best] = heap->large_spares[--heap->large_nspares];
   heap->large_spare_bytes -= sp.size;
-  CCACHE_ASAN_UNPOISON((void *)sp.start, sp.size);
+  // A spare is poisoned whole (large_free): the block's pages are unpoisoned, the pages
+  // past it stay poisoned, so that an overflow into them is reported where a mapping of
+  // the block's own size would have ended. (Unpoisoning the whole spare and poisoning
+  // the tail again wrote the tail's shadow twice: under ASan the allocator fuzzers spend
+  // a sixth of their time in these shadow writes.)
+  CCACHE_ASAN_UNPOISON((void *)sp.start, usable);
   return sp;
 }
 
@@ -127,9 +132,6 @@ void *large_alloc(struct ccache_heap *heap, size_t size, size_t alignment, bool 
       map_size = sp.size;
       if (zeroed) os_release(m, map_size);  // the OS gives the pages back as zeros
       CCACHE_MSAN_POISON(m, map_size);      // a fresh block's bytes are undefined
-      // The spare's pages past the block stay poisoned: an overflow into them is
-      // reported, where a mapping of the block's own size would have ended.
-      CCACHE_ASAN_POISON((char *)m + usable, map_size - usable);
     }
   }
   if (!m) m = os_map(map_size);
@@ -140,6 +142,13 @@ void *large_alloc(struct ccache_heap *heap, size_t size, size_t alignment, bool 
   }
   uintptr_t addr = ((uintptr_t)m + (alignment > OS_PAGE ? alignment - 1 : 0)) &
                    ~(uintptr_t)(alignment > OS_PAGE ? alignment - 1 : 0);
+  if (extra && usable && addr == (uintptr_t)m) {
+    // The mapping happens to be aligned already: its slack goes back, so that a block at
+    // the start of its mapping always has every page past it poisoned (large_free).
+    // (A block of size 0 keeps its mapping: large_free poisons all of it.)
+    os_unmap((char *)m + usable, extra);
+    map_size = usable;
+  }
   struct large_entry e = {addr, usable, map_size, (uintptr_t)m};
   pthread_mutex_lock(&heap->large_lock);
   if (reserve_slot(heap) != 0) {
@@ -175,8 +184,14 @@ int large_free(struct ccache_heap *heap, void *ptr) {
   if (heap->large_nspares < LARGE_SPARES &&
       heap->large_spare_bytes + copy.map_size <= LARGE_SPARE_BYTES) {
     // Kept as a spare. Poisoned before it is in the list, under the lock: once listed,
-    // another thread may take it and unpoison it.
-    CCACHE_ASAN_POISON((void *)copy.map_start, copy.map_size);
+    // another thread may take it and unpoison it. A block at the start of its mapping
+    // has every page past it poisoned already (the tail of the spare it came from, or
+    // none: mremap and fresh mappings hold just the block, see large_alloc); an
+    // over-aligned block's margins were never poisoned.
+    if (copy.addr == copy.map_start && copy.size)
+      CCACHE_ASAN_POISON((void *)copy.map_start, copy.size);
+    else
+      CCACHE_ASAN_POISON((void *)copy.map_start, copy.map_size);
     heap->large_spares[heap->large_nspares++] =
         (struct large_spare){copy.map_start, copy.map_size, heap->large_spare_epoch};
     heap->large_spare_bytes += copy.map_size;

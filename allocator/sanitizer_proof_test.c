@@ -1,8 +1,9 @@
 // sanitizer_proof_test: the allocator tells the sanitizers the truth.
 //   asan  a use-after-free of a block sitting in a CPU cache is reported (the block is
 //         poisoned when it is freed, though the memory never goes back to libc), and
-//         of a large block kept as a spare mapping, and an overflow past a block that
-//         reused a larger spare;
+//         of a large block kept as a spare mapping (also one that had reused a larger
+//         spare, at its start and in the spare's tail), and an overflow past a block
+//         that reused a larger spare;
 //   msan  reading memory handed out by ccache_malloc before writing it is reported.
 // Each bug runs in a child; the test passes only if the report appears. Under a build
 // without that sanitizer the case logs SKIPPED with the reason.
@@ -46,6 +47,21 @@ static int child(const char *which, const char *mode) {
     fflush(stdout);
     return p[(700 << 10) + 100];  // past the end of the block, inside the spare
   }
+  if (!strcmp(which, "uaf-reused-spare") || !strcmp(which, "uaf-reused-spare-tail")) {
+    // A block that reused a bigger spare, freed again: a spare once more, poisoned whole
+    // (the block's pages by the free, the tail still from the first reuse).
+    char *a = ccache_malloc(h, 1 << 20);
+    ccache_free(h, a);
+    char *volatile p = ccache_malloc(h, 700 << 10);
+    memset(p, 1, 700 << 10);
+    ccache_free(h, p);
+    struct ccache_stats st;
+    ccache_get_stats(h, &st);
+    printf("reused the spare: %s; large spares: %lu\n", p == a ? "yes" : "no",
+           (unsigned long)st.large_spares);
+    fflush(stdout);
+    return !strcmp(which, "uaf-reused-spare") ? p[100] : p[(1 << 20) - 100];
+  }
   int *volatile q = ccache_malloc(h, sizeof(int) * 4);
   if (q[2] == 1234) puts("uninitialized value was 1234");  // branch on uninitialized memory
   return 0;
@@ -70,6 +86,9 @@ static void run(const char *which, const char *mode, bool enabled, const char *c
     CHECK(line && sscanf(line, "cached blocks of 48 B: %lu", &cached) == 1 && cached > 0,
           "the freed block was not in a CPU cache:\n%s", out);
   }
+  if (!strncmp(which, "uaf-reused-spare", 16))
+    CHECK(strstr(out, "reused the spare: yes; large spares: 1") != NULL,
+          "the block did not reuse the spare, or was not kept as one:\n%s", out);
   if (!strcmp(which, "overflow-large"))
     CHECK(strstr(out, "reused the spare: yes") != NULL, "the block did not reuse the spare:\n%s", out);
   if (!strcmp(which, "uaf-large")) {
@@ -90,6 +109,8 @@ int main(int argc, char **argv) {
     run("uaf", modes[m], CCACHE_HAVE_ASAN, "--config=asan", "ERROR: AddressSanitizer: use-after-poison");
     run("uaf-large", modes[m], CCACHE_HAVE_ASAN, "--config=asan", "ERROR: AddressSanitizer: use-after-poison");
     run("overflow-large", modes[m], CCACHE_HAVE_ASAN, "--config=asan", "ERROR: AddressSanitizer: use-after-poison");
+    run("uaf-reused-spare", modes[m], CCACHE_HAVE_ASAN, "--config=asan", "ERROR: AddressSanitizer: use-after-poison");
+    run("uaf-reused-spare-tail", modes[m], CCACHE_HAVE_ASAN, "--config=asan", "ERROR: AddressSanitizer: use-after-poison");
     run("uninit", modes[m], CCACHE_HAVE_MSAN, "--config=msan", "WARNING: MemorySanitizer: use-of-uninitialized-value");
   }
   printf("PASS\n");
