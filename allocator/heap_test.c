@@ -84,7 +84,7 @@ static void test_classes(struct ccache_heap *h) {
 
 static void test_aligned(struct ccache_heap *h) {
   for (size_t align = 1; align <= 65536; align *= 2) {
-    size_t sizes[] = {1, align / 2 + 1, align, 3 * align + 5, 300000};
+    size_t sizes[] = {0, 1, align / 2 + 1, align, 3 * align + 5, 300000};
     for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
       void *p = ccache_aligned_alloc(h, align, sizes[k]);
       CHECK(p && ((uintptr_t)p & (align - 1)) == 0, "aligned_alloc(%zu, %zu) = %p", align, sizes[k], p);
@@ -104,6 +104,21 @@ static void test_aligned(struct ccache_heap *h) {
       CHECK(q && ((uintptr_t)q & (align - 1)) == 0);
       ccache_free(h, q);
     }
+  }
+  // A block of size 0 aligned beyond a page is a block like any other: it has a usable
+  // size, reallocs and passes the heap check. (It was a large entry of size 0: usable
+  // size and realloc aborted on it as not ours, and ccache_check_heap reported it.)
+  for (size_t align = 16384; align <= ((size_t)1 << 21); align *= 8) {
+    void *z = ccache_aligned_alloc(h, align, 0);
+    CHECK(z && ((uintptr_t)z & (align - 1)) == 0, "aligned_alloc(%zu, 0) = %p", align, z);
+    CHECK(ccache_owns(h, z), "aligned_alloc(%zu, 0) = %p, not owned", align, z);
+    CHECK(ccache_check_heap(h) == 0, "aligned_alloc(%zu, 0): heap check", align);
+    (void)ccache_malloc_usable_size(h, z);
+    z = ccache_realloc(h, z, 100);
+    CHECK(z != NULL);
+    fill(z, 100, 5);
+    verify(z, 100, 5, "realloc of an aligned block of size 0");
+    ccache_free(h, z);
   }
   // As glibc's memalign: 24 rounds up to 32, 0 is malloc's alignment, above
   // SIZE_MAX / 2 + 1 is EINVAL (allocator/conformance_test holds every boundary).

@@ -116,6 +116,9 @@ void *large_alloc(struct ccache_heap *heap, size_t size, size_t alignment, bool 
     errno = ENOMEM;
     return NULL;
   }
+  // A request of 0 (aligned beyond a page) still gets a page: an entry of size 0 was
+  // taken for no block at all (usable size and realloc aborted on it as not ours).
+  if (usable == 0) usable = OS_PAGE;
   size_t extra = alignment > OS_PAGE ? alignment : 0;
   size_t map_size = usable + extra;
   if (map_size < usable) {
@@ -142,10 +145,9 @@ void *large_alloc(struct ccache_heap *heap, size_t size, size_t alignment, bool 
   }
   uintptr_t addr = ((uintptr_t)m + (alignment > OS_PAGE ? alignment - 1 : 0)) &
                    ~(uintptr_t)(alignment > OS_PAGE ? alignment - 1 : 0);
-  if (extra && usable && addr == (uintptr_t)m) {
+  if (extra && addr == (uintptr_t)m) {
     // The mapping happens to be aligned already: its slack goes back, so that a block at
     // the start of its mapping always has every page past it poisoned (large_free).
-    // (A block of size 0 keeps its mapping: large_free poisons all of it.)
     os_unmap((char *)m + usable, extra);
     map_size = usable;
   }
@@ -188,7 +190,7 @@ int large_free(struct ccache_heap *heap, void *ptr) {
     // has every page past it poisoned already (the tail of the spare it came from, or
     // none: mremap and fresh mappings hold just the block, see large_alloc); an
     // over-aligned block's margins were never poisoned.
-    if (copy.addr == copy.map_start && copy.size)
+    if (copy.addr == copy.map_start)
       CCACHE_ASAN_POISON((void *)copy.map_start, copy.size);
     else
       CCACHE_ASAN_POISON((void *)copy.map_start, copy.map_size);
