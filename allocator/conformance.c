@@ -37,6 +37,7 @@ static struct {
   void *(*memalign)(size_t, size_t);
   void *(*valloc)(size_t);
   void *(*pvalloc)(size_t);
+  size_t (*malloc_usable_size)(void *);
 } g;
 
 static int find_libc(struct dl_phdr_info *info, size_t size, void *arg) {
@@ -94,10 +95,12 @@ static void libc_symbols(const char *const *names, void **out, int n) {
 static void resolve(void) {
   if (g.malloc) return;
   const char *names[] = {"free",     "calloc", "realloc", "aligned_alloc", "posix_memalign",
-                         "memalign", "valloc", "pvalloc", "malloc"};
-  void **slots[] = {(void **)&g.free,          (void **)&g.calloc,         (void **)&g.realloc,
-                    (void **)&g.aligned_alloc, (void **)&g.posix_memalign, (void **)&g.memalign,
-                    (void **)&g.valloc,        (void **)&g.pvalloc,        (void **)&g.malloc};
+                         "memalign", "valloc", "pvalloc", "malloc_usable_size", "malloc"};
+  void **slots[] = {(void **)&g.free,          (void **)&g.calloc,
+                    (void **)&g.realloc,       (void **)&g.aligned_alloc,
+                    (void **)&g.posix_memalign, (void **)&g.memalign,
+                    (void **)&g.valloc,        (void **)&g.pvalloc,
+                    (void **)&g.malloc_usable_size, (void **)&g.malloc};
   enum { N = sizeof names / sizeof names[0] };
   void *found[N];
   libc_symbols(names, found, N);
@@ -116,6 +119,7 @@ struct outcome {
   size_t align;  // the alignment it must have
   bool zero;     // calloc: must read zero
   bool kept;     // realloc/reallocarray: the old block's 100 bytes must be there
+  size_t usable_size;  // malloc_usable_size of the block: at least `want`
 };
 
 #define OLD_SIZE 100
@@ -186,6 +190,7 @@ static void run(bool glibc, struct ccache_heap *h, enum conformance_call c, size
       o->err = glibc ? g.posix_memalign(&p, b, a) : ccache_posix_memalign(h, &p, b, a);
       o->p = o->err ? NULL : p;
       o->align = b;
+      if (o->p) o->usable_size = glibc ? g.malloc_usable_size(o->p) : ccache_malloc_usable_size(h, o->p);
       return;
     }
     case CONF_MEMALIGN:
@@ -204,6 +209,9 @@ static void run(bool glibc, struct ccache_heap *h, enum conformance_call c, size
       abort();
   }
   if (!o->p) o->err = errno;
+  // Every block's usable size, from the same library (ccache's aborts on a pointer it
+  // does not own: an aligned block of size 0 was one, until 2026-12-04).
+  if (o->p) o->usable_size = glibc ? g.malloc_usable_size(o->p) : ccache_malloc_usable_size(h, o->p);
   // realloc(p, 0) and reallocarray(p, 0, n) free p and return NULL (glibc 2.36): the
   // old block is gone either way; a failure leaves it, and it is freed here.
   bool freed_by_call = (c == CONF_REALLOC || c == CONF_REALLOCARRAY) && o->want == 0 && !o->p;
@@ -235,6 +243,7 @@ CCACHE_NO_COVERAGE static const char *usable(const struct outcome *o) {
   if (o->kept)
     for (int i = 0; i < OLD_SIZE && (size_t)i < o->want; i++)
       if (p[i] != (unsigned char)(i * 7 + 3)) return "realloc lost the old bytes";
+  if (o->usable_size < o->want) return "malloc_usable_size is less than the request";
   if (o->want == 0) return "";
   if (o->zero) {  // every byte of a calloc up to 1 MiB; 256 samples of a larger one
     if (o->want <= (1 << 20)) {

@@ -2,7 +2,8 @@
 // heap with the same arguments, and compared. glibc is the oracle: the two must agree
 // on success or failure and, on failure, on errno (on the returned error code for
 // posix_memalign, whose errno glibc sets on failure and POSIX says to leave alone). Every block either returns must be usable for the full request (its
-// first and last bytes written and read back), aligned as asked, and zero where calloc
+// first and last bytes written and read back, and its malloc_usable_size, asked of the
+// library that returned it, at least the request), aligned as asked, and zero where calloc
 // says so; a realloc must keep the old block's bytes, and leave it intact when it
 // fails.
 //

@@ -4,19 +4,35 @@
 // overflow-prone factors and every size times 0, 1 and 2; aligned_alloc,
 // posix_memalign and memalign with every alignment times a set of sizes. Both modes,
 // both indexes. Prints each disagreement (call, arguments, both results) and the
-// counts; fails on any disagreement. (ccache exports no malloc_usable_size of its own
-// kind to compare: usable sizes are checked by the usability of the full request.)
+// counts; fails on any disagreement. Every returned block's malloc_usable_size is asked
+// of the library that returned it (at least the request). A call that aborts (ccache
+// reports a pointer it does not own, say) is named on stderr with its arguments.
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "allocator/conformance.h"
 #include "rseq/testing.h"
 
 #define MAX 2048
 
+// The call being checked, for the abort handler (write(2) only: a signal handler).
+static char current[256];
+
+static void on_abort(int sig) {
+  static const char head[] = "conformance_test: aborted during ";
+  if (write(2, head, sizeof head - 1) < 0 || write(2, current, strlen(current)) < 0 ||
+      write(2, "\n", 1) < 0) {
+  }
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
 int main(int argc, char **argv) {
   test_init(argc, argv);
+  signal(SIGABRT, on_abort);
   static size_t sizes[MAX], aligns[MAX], factors[MAX];
   size_t ns = conformance_sizes(sizes, MAX), na = conformance_alignments(aligns, MAX),
          nf = conformance_factors(factors, MAX);
@@ -47,6 +63,9 @@ int main(int argc, char **argv) {
       int shown = 0;
 #define RUN(call, a, b)                                                       \
   do {                                                                        \
+    snprintf(current, sizeof current, "%s(a=%zu, b=%zu), %s mode, %s index",  \
+             conformance_call_name(call), (size_t)(a), (size_t)(b),          \
+             rseq_mode_name(mode), rseq_index_name(index));                   \
     if (!conformance_check(h, call, a, b, &counts, why, sizeof why)) {        \
       if (shown++ < 40) printf("DISAGREE: %s mode, %s index: %s\n",           \
                                rseq_mode_name(mode), rseq_index_name(index), why); \
