@@ -1,6 +1,7 @@
 // heap_test: the malloc API of a heap, single-threaded, in every mode x index:
 //   - every class: round trip with a content pattern, alignment, usable size;
-//   - aligned_alloc / posix_memalign / memalign for every alignment up to 64 KiB, and
+//   - aligned_alloc / posix_memalign / memalign for every alignment up to 64 KiB (size 0
+//     too), an over-aligned mapping that comes aligned keeps no slack, and
 //     their EINVAL cases;
 //   - realloc growth and shrink keep the contents; calloc zeroes; calloc overflow;
 //   - a freed large block is kept as a spare and handed out again (calloc's zeroed),
@@ -256,6 +257,50 @@ static void test_random(struct ccache_heap *h, uint64_t seed) {
         (unsigned long)st.large_count, n);
   for (int i = 0; i < n; i++) ccache_free(h, live[i].p);
   check_consistent(h);
+}
+
+// An over-aligned large request maps its size plus the alignment, and keeps the block
+// at the first aligned address; when the mapping comes aligned already, the slack goes
+// back at once (the block then starts its mapping, and its spare is poisoned from the
+// block on: see large_free). Whether a mapping comes aligned is the kernel's choice:
+// the sizes step by a page, so that consecutive mappings land at every offset modulo
+// the alignment. Each block's mapping is exactly one of the two sizes; the slack's
+// return is reported, and a run where no mapping came aligned says so.
+static void test_aligned_slack(enum rseq_mode mode, enum rseq_index index) {
+  struct ccache_heap *h = make(mode, index);
+  enum { N = 64 };
+  const size_t align = 16384;
+  void *p[N];
+  int trimmed = 0, kept = 0;
+  for (int i = 0; i < N; i++) {
+    size_t size = (300u << 10) + (size_t)i * 4096, usable = size;  // page multiples
+    struct ccache_stats before, after;
+    ccache_get_stats(h, &before);
+    p[i] = ccache_aligned_alloc(h, align, size);
+    ccache_get_stats(h, &after);
+    CHECK(p[i] && ((uintptr_t)p[i] & (align - 1)) == 0, "aligned_alloc(%zu, %zu) = %p", align,
+          size, p[i]);
+    uint64_t grew = after.os_bytes - before.os_bytes;
+    CHECK(grew == usable || grew == usable + align,
+          "aligned_alloc(%zu, %zu): the heap's mappings grew by %lu (want %zu, or %zu with the "
+          "slack)", align, size, (unsigned long)grew, usable, usable + align);
+    if (grew == usable) trimmed++;
+    else kept++;
+    fill(p[i], size, (int)i);
+  }
+  check_consistent(h);
+  for (int i = 0; i < N; i++) {
+    verify(p[i], (300u << 10) + (size_t)i * 4096, (int)i, "over-aligned large block");
+    ccache_free(h, p[i]);
+  }
+  check_consistent(h);
+  if (trimmed == 0)
+    printf("  aligned slack: SKIPPED the trimmed case: none of %d mappings came %zu-aligned "
+           "(the kernel's placement)\n", N, align);
+  else
+    printf("  aligned slack: %d mappings came aligned (slack returned), %d did not\n", trimmed,
+           kept);
+  ccache_heap_destroy(h);
 }
 
 // On a heap of its own: which spare a request gets depends on the spares there are.
@@ -543,6 +588,7 @@ int main(int argc, char **argv) {
     test_aligned(h);
     test_realloc_calloc(h);
     test_large_spares(configs[i].mode, configs[i].index);
+    test_aligned_slack(configs[i].mode, configs[i].index);
     test_spare_aging(configs[i].mode, configs[i].index);
     test_trim(configs[i].mode, configs[i].index, (size_t)4 << 20);  // the default
     test_trim(configs[i].mode, configs[i].index, 64 << 10);
