@@ -151,8 +151,17 @@ struct block {
   unsigned char *p;
   size_t size;
   size_t usable;  // at hand-out: the model's record of the block's class
+  bool large;     // the model's prediction: a mapping of its own, not a class's block
   uint8_t seed;
 };
+
+// Where the allocator must put a block (the model's rule, from allocator/ccache.h's
+// contract): a request over CCACHE_MAX_SMALL, or aligned beyond the 8 KiB page its
+// spans start on, gets a mapping of its own; anything else is a block of a class.
+#define MODEL_SPAN_PAGE ((size_t)8192)
+static bool model_large(size_t size, size_t align) {
+  return size > CCACHE_MAX_SMALL || align > MODEL_SPAN_PAGE;
+}
 
 // The byte loops that write and check blocks are the checks, not the code under test
 // (see CCACHE_NO_COVERAGE).
@@ -246,16 +255,22 @@ static void emit_stats(struct ccache_heap *h, struct ops_trace *t, const struct 
   uint64_t large = 0;
   for (int k = 0; k < nlive; k++) {
     size_t usable = live[k].usable;
+    if (live[k].large) {
+      large++;
+      continue;
+    }
     unsigned lo = 0, hi = CCACHE_NUM_CLASSES - 1;  // the class of that size: a search
     while (lo < hi) {
       unsigned mid = (lo + hi) / 2;
       if (ccache_class_size(mid) < usable) lo = mid + 1;
       else hi = mid;
     }
-    if (usable > ccache_class_size(CCACHE_NUM_CLASSES - 1))
-      large++;
-    else
-      model[lo]++;
+    if (ccache_class_size(lo) != usable) {
+      fail(r, op, "block %p of %zu B: usable size %zu is no class's size", (void *)live[k].p,
+           live[k].size, usable);
+      return;
+    }
+    model[lo]++;
   }
   for (unsigned c = 0; c < CCACHE_NUM_CLASSES; c++)
     if (st.classes[c].in_use != model[c]) {
@@ -378,7 +393,9 @@ static void run_alloc(enum rseq_mode mode, enum rseq_index index, const struct o
           long nz = p ? first_nonzero(p, size) : -1;
           if (nz >= 0) fail(r, i, "calloc(%zu): byte %ld is %u", size, nz, p[nz]);
         } else {
-          align = (size_t)16 << (op->b % 10);
+          // Up to 32 KiB: past the 8 KiB page, aligned blocks are large ones with a
+          // mapping of their own (the slack, the spare of an over-aligned block).
+          align = (size_t)16 << (op->b % 12);
           size = op->a % 20000;
           p = ccache_aligned_alloc(h, align, size);
         }
@@ -390,7 +407,7 @@ static void run_alloc(enum rseq_mode mode, enum rseq_index index, const struct o
         if (check_new_block(live, nlive, p, size, usable, align, r, i)) break;
         uint8_t seed = (uint8_t)(i * 7 + 1);
         pattern(p, size, seed);
-        live[nlive++] = (struct block){p, size, usable, seed};
+        live[nlive++] = (struct block){p, size, usable, model_large(size, align), seed};
         obs |= usable;
         break;
       }
@@ -410,6 +427,9 @@ static void run_alloc(enum rseq_mode mode, enum rseq_index index, const struct o
           fail(r, i, "realloc(%zu -> %zu) lost byte %ld", b->size, size, bad);
           break;
         }
+        // In place, a block stays what it was (a large block that still fits, wasting
+        // under half, stays one); moved, it is what a malloc of the new size gets.
+        bool large = q == b->p ? b->large : model_large(size, 16);
         b->p = NULL;  // excluded from the overlap check against itself
         size_t usable = ccache_malloc_usable_size(h, q);
         struct block tmp = *b;
@@ -418,6 +438,7 @@ static void run_alloc(enum rseq_mode mode, enum rseq_index index, const struct o
         tmp.p = q;
         tmp.size = size;
         tmp.usable = usable;
+        tmp.large = large;
         pattern(q, size, tmp.seed);
         live[nlive++] = tmp;
         obs |= usable;
