@@ -5,7 +5,7 @@
 //     their EINVAL cases;
 //   - realloc growth and shrink keep the contents; calloc zeroes; calloc overflow;
 //   - a freed large block is kept as a spare and handed out again (calloc's zeroed),
-//     within the spare bound; large-to-large realloc keeps the contents; the idle scan
+//     within the spare bound, or split when it is more than twice the request; large-to-large realloc keeps the contents; the idle scan
 //     unmaps spares that sat through a whole interval;
 //   - a seeded random workload against a shadow set: no two live blocks overlap,
 //     contents intact, stats and heap invariants consistent after every phase;
@@ -303,6 +303,52 @@ static void test_aligned_slack(enum rseq_mode mode, enum rseq_index index) {
   ccache_heap_destroy(h);
 }
 
+// A spare more than twice a request is split: the block takes its front, the rest stays
+// a spare (no new mapping); each piece is a block of its own from then on.
+static void test_large_spare_split(enum rseq_mode mode, enum rseq_index index) {
+  struct ccache_heap *h = make(mode, index);
+  const size_t piece = 300u << 10;  // a page multiple
+  unsigned char *big = ccache_malloc(h, 2u << 20);
+  CHECK(big != NULL);
+  fill(big, 2u << 20, 9);
+  ccache_free(h, big);
+  struct ccache_stats st;
+  ccache_get_stats(h, &st);
+  CHECK(st.large_spares == 1 && st.large_spare_bytes == (2u << 20), "a freed 2 MiB block: %lu "
+        "spares, %lu B", (unsigned long)st.large_spares, (unsigned long)st.large_spare_bytes);
+  uint64_t os = st.os_bytes;
+  unsigned char *a = ccache_malloc(h, piece), *b = ccache_malloc(h, piece);
+  CHECK(a == big && b == big + piece, "two blocks of 300 KiB from a 2 MiB spare: %p and %p, "
+        "want %p and %p", (void *)a, (void *)b, (void *)big, (void *)(big + piece));
+  unsigned char *z = ccache_calloc(h, 1, piece);  // the rest held the 2 MiB block's bytes
+  CHECK(z == big + 2 * piece, "calloc(300 KiB) = %p, want %p", (void *)z, (void *)(big + 2 * piece));
+  for (size_t i = 0; i < piece; i += 511) CHECK(z[i] == 0, "calloc of a split spare: byte %zu", i);
+  ccache_get_stats(h, &st);
+  CHECK(st.large_spares == 1 && st.large_spare_bytes == (2u << 20) - 3 * piece &&
+            st.large_count == 3 && st.os_bytes == os,
+        "after three splits: %lu spares of %lu B, %lu large blocks, os_bytes %lu (was %lu)",
+        (unsigned long)st.large_spares, (unsigned long)st.large_spare_bytes,
+        (unsigned long)st.large_count, (unsigned long)st.os_bytes, (unsigned long)os);
+  CHECK(ccache_malloc_usable_size(h, a) == piece && ccache_malloc_usable_size(h, b) == piece);
+  fill(a, piece, 1);
+  fill(b, piece, 2);
+  check_consistent(h);
+  // A piece grows elsewhere (its neighbour is taken): the contents move with it.
+  unsigned char *c = ccache_realloc(h, a, 1u << 20);
+  CHECK(c != NULL);
+  verify(c, piece, 1, "realloc of a split piece");
+  verify(b, piece, 2, "the piece after it");
+  ccache_free(h, b);
+  ccache_free(h, c);
+  ccache_free(h, z);
+  check_consistent(h);
+  ccache_trim(h);
+  ccache_get_stats(h, &st);
+  CHECK(st.large_spares == 0 && st.large_count == 0, "after trim: %lu spares, %lu large",
+        (unsigned long)st.large_spares, (unsigned long)st.large_count);
+  ccache_heap_destroy(h);
+}
+
 // On a heap of its own: which spare a request gets depends on the spares there are.
 static void test_large_spares(enum rseq_mode mode, enum rseq_index index) {
   struct ccache_heap *h = make(mode, index);
@@ -589,6 +635,7 @@ int main(int argc, char **argv) {
     test_realloc_calloc(h);
     test_large_spares(configs[i].mode, configs[i].index);
     test_aligned_slack(configs[i].mode, configs[i].index);
+    test_large_spare_split(configs[i].mode, configs[i].index);
     test_spare_aging(configs[i].mode, configs[i].index);
     test_trim(configs[i].mode, configs[i].index, (size_t)4 << 20);  // the default
     test_trim(configs[i].mode, configs[i].index, 64 << 10);
