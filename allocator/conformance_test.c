@@ -91,6 +91,8 @@ int main(int argc, char **argv) {
         for (size_t i = 0; i < na; i++)
           for (size_t j = 0; j < nas; j++) RUN(by_align[c], aligned_sizes[j], aligns[i]);
 #undef RUN
+      snprintf(current, sizeof current, "the checks after the calls, %s mode, %s index",
+               rseq_mode_name(mode), rseq_index_name(index));
       printf("%s mode, %s index: %lu calls agree, %lu resource-dependent (footprint >= 1 GiB, "
              "one side ENOMEM), %lu disagree\n", rseq_mode_name(mode), rseq_index_name(index),
              counts.agreed, counts.resource_dependent, counts.disagreed);

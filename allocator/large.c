@@ -163,6 +163,8 @@ void *large_alloc(struct ccache_heap *heap, size_t size, size_t alignment, bool 
   pthread_mutex_lock(&heap->large_lock);
   if (reserve_slot(heap) != 0) {
     pthread_mutex_unlock(&heap->large_lock);
+    // A spare taken whole keeps its poisoned tail; munmap does not clear the shadow.
+    if (map_size > usable) CCACHE_ASAN_UNPOISON((char *)m + usable, map_size - usable);
     os_unmap(m, map_size);
     os_count_failure(heap);
     errno = ENOMEM;
