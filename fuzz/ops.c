@@ -155,9 +155,10 @@ struct block {
   uint8_t seed;
 };
 
-// Where the allocator must put a block (the model's rule, from allocator/ccache.h's
-// contract): a request over CCACHE_MAX_SMALL, or aligned beyond the 8 KiB page its
-// spans start on, gets a mapping of its own; anything else is a block of a class.
+// Where the allocator must put a block (the model's rule, as the README's "Large
+// blocks" and ccache_aligned_alloc state it): a request over CCACHE_MAX_SMALL, or
+// aligned beyond the 8 KiB page its spans start on, gets a mapping of its own; anything
+// else is a block of a class.
 #define MODEL_SPAN_PAGE ((size_t)8192)
 static bool model_large(size_t size, size_t align) {
   return size > CCACHE_MAX_SMALL || align > MODEL_SPAN_PAGE;
