@@ -190,8 +190,7 @@ static void run(bool glibc, struct ccache_heap *h, enum conformance_call c, size
       o->err = glibc ? g.posix_memalign(&p, b, a) : ccache_posix_memalign(h, &p, b, a);
       o->p = o->err ? NULL : p;
       o->align = b;
-      if (o->p) o->usable_size = glibc ? g.malloc_usable_size(o->p) : ccache_malloc_usable_size(h, o->p);
-      return;
+      break;
     }
     case CONF_MEMALIGN:
       o->p = glibc ? g.memalign(b, a) : ccache_memalign(h, b, a);
@@ -208,7 +207,7 @@ static void run(bool glibc, struct ccache_heap *h, enum conformance_call c, size
     default:
       abort();
   }
-  if (!o->p) o->err = errno;
+  if (!o->p && !o->err) o->err = errno;  // posix_memalign's is its returned code
   // Every block's usable size, from the same library (ccache's aborts on a pointer it
   // does not own: an aligned block of size 0 was one, until 2026-12-04).
   if (o->p) o->usable_size = glibc ? g.malloc_usable_size(o->p) : ccache_malloc_usable_size(h, o->p);
