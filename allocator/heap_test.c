@@ -1,12 +1,13 @@
 // heap_test: the malloc API of a heap, single-threaded, in every mode x index:
 //   - every class: round trip with a content pattern, alignment, usable size;
 //   - aligned_alloc / posix_memalign / memalign for every alignment up to 64 KiB (size 0
-//     too), an over-aligned mapping that comes aligned keeps no slack, and
-//     their EINVAL cases;
+//     too), and their EINVAL cases; an over-aligned mapping that comes aligned keeps
+//     no slack;
 //   - realloc growth and shrink keep the contents; calloc zeroes; calloc overflow;
 //   - a freed large block is kept as a spare and handed out again (calloc's zeroed),
-//     within the spare bound, or split when it is more than twice the request; large-to-large realloc keeps the contents; the idle scan
-//     unmaps spares that sat through a whole interval;
+//     within the spare bound, or split when it is more than twice the request;
+//     large-to-large realloc keeps the contents; the idle scan unmaps spares that sat
+//     through a whole interval;
 //   - a seeded random workload against a shadow set: no two live blocks overlap,
 //     contents intact, stats and heap invariants consistent after every phase;
 //   - drains empty the CPU caches; freed memory goes back to the OS (madvise);
@@ -271,9 +272,10 @@ static void test_aligned_slack(enum rseq_mode mode, enum rseq_index index) {
   enum { N = 64 };
   const size_t align = 16384;
   void *p[N];
+  size_t sizes[N];
   int trimmed = 0, kept = 0;
   for (int i = 0; i < N; i++) {
-    size_t size = (300u << 10) + (size_t)i * 4096, usable = size;  // page multiples
+    size_t size = sizes[i] = (300u << 10) + (size_t)i * 4096, usable = size;  // pages
     struct ccache_stats before, after;
     ccache_get_stats(h, &before);
     p[i] = ccache_aligned_alloc(h, align, size);
@@ -290,7 +292,7 @@ static void test_aligned_slack(enum rseq_mode mode, enum rseq_index index) {
   }
   check_consistent(h);
   for (int i = 0; i < N; i++) {
-    verify(p[i], (300u << 10) + (size_t)i * 4096, (int)i, "over-aligned large block");
+    verify(p[i], sizes[i], (int)i, "over-aligned large block");
     ccache_free(h, p[i]);
   }
   check_consistent(h);
