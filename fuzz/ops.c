@@ -505,7 +505,7 @@ static void run_alloc(enum rseq_mode mode, enum rseq_index index, const struct o
 // ---------------------------------------------------------------------------------
 // Ring streams: a model FIFO per shard, round-robin polling.
 
-#define RING_CAP 8
+#define RING_CAP 16  // past RING_POLL_RUN_MIN: a batch poll's run can end with items left in its shard
 #define MODEL_SHARDS 64
 
 struct ring_model {
@@ -527,10 +527,11 @@ CHECK_LOOP static int model_offer(struct ring_model *m, int cpu, uintptr_t value
 }
 
 // The model's side of a poll (one item, the next shard with one, round-robin) or a
-// batch poll of up to `count` (at most count/shards + 1 per shard visit): the items it
-// gives, into expect; returns how many.
+// batch poll of up to `count` (at most max(count/shards + 1, RING_POLL_RUN_MIN) per
+// shard visit): the items it gives, into expect; returns how many.
 CHECK_LOOP static int model_poll(struct ring_model *m, bool single, int count, uintptr_t *expect) {
   size_t chunk = single ? 1 : (size_t)count / (size_t)m->n + 1;
+  if (!single && chunk < RING_POLL_RUN_MIN) chunk = RING_POLL_RUN_MIN;
   int max = single ? 1 : count, idle = 0, c = m->next, want = 0;
   while (want < max && idle < m->n) {
     int took = 0;
@@ -596,7 +597,7 @@ static void run_ring(enum rseq_mode mode, enum rseq_index index, const struct op
         got = ring_poll_batch(ring, items, (size_t)count);
       }
       // The model: one item per shard per turn for single polls; the batch contract
-      // (at most max/shards + 1 per visit) for batches.
+      // (at most max(max/shards + 1, RING_POLL_RUN_MIN) per visit) for batches.
       uintptr_t expect[12];
       int max = kind == R_POLL ? 1 : count;
       int want = model_poll(&m, kind == R_POLL, count, expect);

@@ -96,7 +96,10 @@ int ring_poll(struct ring *r, void **item);
 // Like ring_poll, and tells which shard the item came from (for FIFO checks).
 int ring_poll_shard(struct ring *r, void **item, int *shard);
 // Polls up to max items, round-robin over the shards: from each shard a run of up to
-// max / shards + 1 items, with one tail publication; returns how many (or -1 as above).
+// max(max / shards + 1, RING_POLL_RUN_MIN) items, with one tail publication; returns
+// how many (or -1 as above). The next call starts at the shard after the last one
+// visited, so no shard starves across calls.
+#define RING_POLL_RUN_MIN 8
 long ring_poll_batch(struct ring *r, void **items, size_t max);
 int ring_poll_record(struct ring *r, void *record);
 // ring_poll_batch for records: up to max records, back to back, into `records`.

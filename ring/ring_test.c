@@ -344,10 +344,12 @@ static int model_poll(struct model *m, uintptr_t *v) {
   return RING_EMPTY;
 }
 
-// The batch contract: round-robin from the cursor, at most max/shards + 1 items from a
-// shard per visit, until max items or a full pass over empty shards.
+// The batch contract: round-robin from the cursor, at most max(max/shards + 1,
+// RING_POLL_RUN_MIN) items from a shard per visit, until max items or a full pass over
+// empty shards.
 static long model_poll_batch(struct model *m, uintptr_t *out, size_t max) {
   size_t got = 0, chunk = max / (size_t)m->n + 1;
+  if (chunk < RING_POLL_RUN_MIN) chunk = RING_POLL_RUN_MIN;
   int idle = 0, c = m->next;
   while (got < max && idle < m->n) {
     size_t want = max - got < chunk ? max - got : chunk, k = 0;
@@ -412,9 +414,9 @@ static uint64_t run_sequence(enum rseq_mode mode, enum rseq_index index, uint64_
         break;
       }
       default: {
-        void *batch[8];
-        uintptr_t want_items[8];
-        size_t want_n = (x >> 24) % 9;
+        void *batch[24];  // up to 24: past RING_POLL_RUN_MIN, so a visit's run can end
+        uintptr_t want_items[24];  // at the chunk with items left in the shard (cap 16)
+        size_t want_n = (x >> 24) % 25;
         long n = ring_poll_batch(r, batch, want_n);
         long mn = model_poll_batch(&m, want_items, want_n);
         CHECK(n == mn, "op %d: batch of %zu gave %ld, model %ld", op, want_n, n, mn);
