@@ -163,6 +163,10 @@ int main(int argc, char **argv) {
   pthread_t early;
   CHECK(pthread_create(&early, NULL, thread_work, NULL) == 0);
   test_init(argc, argv);
+  // It runs in well under a second; a heap broken so that a call never returns (the
+  // mutant free-wrong-class hung it until Bazel's 300 s timeout) fails here instead.
+  // The fork child's own alarm (TEST_FORK_CHILD_ALARM_S) replaces this one there.
+  test_watchdog(60);
   if (argc == 3 && !strcmp(argv[1], "--mode")) return child_mode(argv[2]);
 
   void *p = malloc(100);
