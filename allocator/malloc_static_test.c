@@ -165,7 +165,8 @@ int main(int argc, char **argv) {
   test_init(argc, argv);
   // It runs in well under a second; a heap broken so that a call never returns (the
   // mutant free-wrong-class hung it until Bazel's 300 s timeout) fails here instead.
-  // The fork child's own alarm (TEST_FORK_CHILD_ALARM_S) replaces this one there.
+  // A fork child's own alarm (TEST_FORK_CHILD_ALARM_S) replaces this one there, and
+  // kills it by SIGALRM as before (the watchdog's handler defers to it in children).
   test_watchdog(60);
   if (argc == 3 && !strcmp(argv[1], "--mode")) return child_mode(argv[2]);
 

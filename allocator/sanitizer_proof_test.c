@@ -20,6 +20,10 @@
 #include "rseq/testing.h"
 #include "sanitizers/sanitizers.h"
 
+#if CCACHE_HAVE_ASAN
+int __asan_address_is_poisoned(void const volatile *addr);
+#endif
+
 static int child(const char *which, const char *mode) {
   struct ccache_options o = {.mode = (enum rseq_mode)rseq_mode_parse(mode)};
   struct ccache_heap *h = ccache_heap_create(&o);
@@ -73,6 +77,25 @@ static int child(const char *which, const char *mode) {
     // be cleared first (fixed in fe237c0), or whatever is mapped there later is
     // reported as poisoned. Each round adds a 1 MiB block to the table (too big for
     // the spare) and retries with the next mapping refused, until the table must grow.
+#if CCACHE_HAVE_ASAN
+    // The case rests on ASan keeping a range's shadow across munmap (clang 14's and gcc
+    // 12's runtimes do): with a runtime that clears it there, it would pass vacuously.
+    char *s = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (s == MAP_FAILED) return 11;
+    CCACHE_ASAN_POISON(s + 4096, 4096);
+    munmap(s, 8192);
+    char *t = mmap(s, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    bool kept = t == s && __asan_address_is_poisoned(t + 4096);
+    if (t != MAP_FAILED) {
+      CCACHE_ASAN_UNPOISON(t + 4096, 4096);
+      munmap(t, 8192);
+    }
+    if (!kept) {
+      printf("skipped: this ASan runtime does not keep a range's poison across munmap and "
+             "mmap (or the probe's range could not be mapped again): nothing to check\n");
+      return 0;
+    }
+#endif
     char *a = ccache_malloc(h, 768 << 10);
     ccache_free(h, a);  // a 768 KiB spare, poisoned whole
     char *p = a;
@@ -157,7 +180,12 @@ static void run_clean(const char *which, const char *mode, bool enabled, const c
   int status;
   if (!run_child(which, mode, enabled, config, out, sizeof out, &status)) return;
   CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0 && !strstr(out, "Sanitizer"),
-        "child failed (status %#x; exit codes 5-10: see the case in child()):\n%s", status, out);
+        "child failed (status %#x; exit codes 5-11: see the case in child()):\n%s", status, out);
+  const char *skipped = strstr(out, "skipped: ");
+  if (skipped) {
+    printf("SKIPPED: %s (%s mode): %s", which, mode, skipped + 9);
+    return;
+  }
   CHECK(strstr(out, expect) != NULL, "no '%s' in the output:\n%s", expect, out);
   printf("ok: %s (%s mode): %s\n", which, mode, expect);
 }

@@ -779,8 +779,10 @@ int ring_poll_record(struct ring *r, void *record) {
   return poll_into(r, record, NULL);
 }
 
-// Round-robin in chunks, a fair share per shard per pass so none starves; each visit
-// takes a run of up to a chunk and publishes the shard's tail once. A chunk is at least
+// Round-robin in chunks: each visit takes a run of up to a chunk and publishes the
+// shard's tail once, and the next call starts at the shard after the last one visited,
+// so none starves across calls (within one call, a share of max / shards + 1 each when
+// that is the larger). A chunk is at least
 // RING_POLL_RUN_MIN items (a line of pointer slots): with a share of max / shards + 1
 // alone, a batch of 16 on a 16-CPU machine took 2 items per visit, and paid a head
 // read, a slot line and a tail publication for every 2 (see the README's 16-CPU table).

@@ -365,6 +365,45 @@ static long model_poll_batch(struct model *m, uintptr_t *out, size_t max) {
   return (long)got;
 }
 
+// The batch contract's share term, on any number of shards: with every shard full, a
+// batch of 9 x shards takes runs of max/shards + 1 = 10 items, past RING_POLL_RUN_MIN
+// (the random sequences reach that term only on machines of 3 CPUs or fewer). Shard c
+// holds the values c * MODEL_CAP + 1 .. (c + 1) * MODEL_CAP.
+static void test_batch_share(enum rseq_mode mode, enum rseq_index index) {
+  test_context("batch share mode=%s index=%s", rseq_mode_name(mode), rseq_index_name(index));
+  struct ring *r = make(mode, index, MODEL_CAP, 0, 0);
+  static struct model m;
+  memset(&m, 0, sizeof m);
+  m.n = ring_shards(r) < 64 ? ring_shards(r) : 64;
+  for (int c = 0; c < m.n; c++) {
+    rseq_fake_cpu_set(c);
+    for (uintptr_t k = 1; k <= MODEL_CAP; k++) {
+      uintptr_t v = (uintptr_t)c * MODEL_CAP + k;
+      CHECK_EQ(ring_offer(r, (void *)v), RING_OK);
+      CHECK_EQ(model_offer(&m, c, v), RING_OK);
+    }
+  }
+  static void *batch[9 * 64];
+  static uintptr_t want[9 * 64];
+  size_t max = 9 * (size_t)m.n;
+  for (int call = 0;; call++) {
+    long n = ring_poll_batch(r, batch, max);
+    long mn = model_poll_batch(&m, want, max);
+    CHECK(n == mn, "call %d: batch of %zu gave %ld, model %ld (%d shards)", call, max, n, mn, m.n);
+    for (long k = 0; k < n; k++)
+      CHECK((uintptr_t)batch[k] == want[k], "call %d: item %ld: %lu, model %lu", call, k,
+            (unsigned long)(uintptr_t)batch[k], (unsigned long)want[k]);
+    if (call == 0 && m.n >= 2) {  // the first run: 10 items of one shard, then the next
+      uintptr_t shard0 = ((uintptr_t)batch[0] - 1) / MODEL_CAP;
+      for (int k = 1; k < 10; k++)
+        CHECK(((uintptr_t)batch[k] - 1) / MODEL_CAP == shard0, "first run ended at %d", k);
+      CHECK(((uintptr_t)batch[10] - 1) / MODEL_CAP != shard0, "first run longer than 10");
+    }
+    if (n == 0) break;
+  }
+  ring_destroy(r);
+}
+
 // The observable trace of a random sequence, as a hash; checked against the model.
 static uint64_t run_sequence(enum rseq_mode mode, enum rseq_index index, uint64_t seed) {
   test_context("sequence mode=%s index=%s seed=%lu (TEST_SEED=%lu reproduces)",
@@ -549,6 +588,7 @@ int main(int argc, char **argv) {
     test_records(modes[i].mode, modes[i].index);
     test_offer_batch(modes[i].mode, modes[i].index, 0);
     test_offer_batch(modes[i].mode, modes[i].index, UINTPTR_MAX - 13);  // wraps mid-test
+    test_batch_share(modes[i].mode, modes[i].index);
     if (modes[i].mode == RSEQ_MODE_RSEQ) {
       test_migration_mid_offer(modes[i].index);
       test_leftovers(modes[i].index);
@@ -560,7 +600,7 @@ int main(int argc, char **argv) {
       }
     }
     printf(
-        "ok: mode=%s index=%s: boundaries, wrap-around, records, batch offers, migration "
+        "ok: mode=%s index=%s: boundaries, wrap-around, records, batch offers and polls, migration "
         "mid-offer, aborted-section leftovers, the cached limit (RSEQ)\n",
         rseq_mode_name(modes[i].mode), rseq_index_name(modes[i].index));
   }

@@ -48,6 +48,7 @@ void test_fail(const char *file, int line, const char *cond, const char *fmt, ..
 }
 
 static unsigned watchdog_seconds;
+static pid_t watchdog_pid;  // the process that armed it (a fork child inherits the handler)
 
 static void write_str(const char *s) {
   if (write(2, s, strlen(s)) < 0) {
@@ -55,7 +56,17 @@ static void write_str(const char *s) {
 }
 
 static void watchdog_fired(int sig) {
-  (void)sig;
+  if (getpid() != watchdog_pid) {
+    // A forked child's own alarm (TEST_FORK_CHILD_ALARM_S, test_run_self's until exec):
+    // it dies by SIGALRM as it would without the watchdog, so that its parent's
+    // diagnosis ("hung ... lock held across fork?") is the one printed.
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigaction(SIGALRM, &dfl, NULL);
+    raise(sig);
+    return;
+  }
   // write(2) and strlen only: this runs in a signal handler. context and command_line
   // are written by the test's own thread between checks; a torn copy just prints oddly.
   char num[24], *p = num + sizeof num - 1;
@@ -74,6 +85,7 @@ static void watchdog_fired(int sig) {
 
 void test_watchdog(unsigned seconds) {
   watchdog_seconds = seconds;
+  watchdog_pid = getpid();
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = watchdog_fired;
