@@ -24,6 +24,12 @@
 int __asan_address_is_poisoned(void const volatile *addr);
 #endif
 
+// Maps n bytes (read-write, anonymous) at exactly addr, or fails (MAP_FAILED): the
+// refused-table case puts a mapping back where one was unmapped.
+static void *map_at(void *addr, size_t n) {
+  return mmap(addr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+}
+
 static int child(const char *which, const char *mode) {
   struct ccache_options o = {.mode = (enum rseq_mode)rseq_mode_parse(mode)};
   struct ccache_heap *h = ccache_heap_create(&o);
@@ -84,7 +90,7 @@ static int child(const char *which, const char *mode) {
     if (s == MAP_FAILED) return 11;
     CCACHE_ASAN_POISON(s + 4096, 4096);
     munmap(s, 8192);
-    char *t = mmap(s, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    char *t = map_at(s, 8192);
     bool kept = t == s && __asan_address_is_poisoned(t + 4096);
     if (t != MAP_FAILED) {
       CCACHE_ASAN_UNPOISON(t + 4096, 4096);
@@ -117,7 +123,7 @@ static int child(const char *which, const char *mode) {
     struct ccache_stats st;
     ccache_get_stats(h, &st);
     if (st.large_spares != 0) return 10;  // the failure came before the spare was taken
-    void *m = mmap(a, 768 << 10, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    void *m = map_at(a, 768 << 10);
     printf("refused after %d rounds; remapped the old spare: %s\n", round, m == a ? "yes" : "no");
     fflush(stdout);
     if (m != a) return 9;
