@@ -153,7 +153,9 @@ __attribute__((noinline)) static void free_no_index(struct ccache_heap *heap, vo
   free_retry(heap, ptr, false);
 }
 
-int block_class_carved(const struct ccache_heap *heap, uintptr_t off) {
+// Inlined into the heap walk's check_free_block, which has no coverage hooks.
+__attribute__((always_inline)) static inline int class_carved(const struct ccache_heap *heap,
+                                                              uintptr_t off) {
   int c = block_class(heap, off);
   if (c >= 0) return c;
   // The page's word is not set yet: a span still being carved, or no block at all.
@@ -165,6 +167,8 @@ int block_class_carved(const struct ccache_heap *heap, uintptr_t off) {
   if (rel % s->obj_size || rel / s->obj_size >= carved) return -1;
   return (int)s->cls;
 }
+
+int block_class_carved(const struct ccache_heap *heap, uintptr_t off) { return class_carved(heap, off); }
 
 // The free of a block whose page's class word is 0: a block of a span still being
 // carved (free it, slowly), or not a block of this heap (report it). Not static and
@@ -475,7 +479,7 @@ CCACHE_NO_COVERAGE void ccache_get_stats(struct ccache_heap *heap, struct ccache
 CCACHE_NO_COVERAGE static void check_free_block(struct ccache_heap *heap, unsigned cls, const void *b,
                              const char *where, int *rc) {
   uintptr_t off = (uintptr_t)b - heap->base;
-  int c = off < heap->reserve_bytes ? block_class_carved(heap, off) : -1;
+  int c = off < heap->reserve_bytes ? class_carved(heap, off) : -1;
   if (c != (int)cls) {
     fprintf(stderr, "ccache_check_heap: %s of class %u holds %p, a block of class %d\n", where, cls, b, c);
     *rc = -1;
