@@ -203,8 +203,8 @@ static long pattern_mismatch(const unsigned char *p, size_t n, uint8_t seed) {
   return pattern_mismatch_upto(p, n, n, seed);
 }
 
-// Request sizes: mostly small, some medium, a few large (> 256 KiB): one in 16, 2 in
-// 16 and 13 in 16 of uniformly random `a`. The kind comes from the top bits of a hash of
+// Request sizes: mostly small, some medium, a few large (> 256 KiB): 13, 2 and 1 in 16
+// of uniformly random `a`. The kind comes from the top bits of a hash of
 // `a`, not from its low bits: the integers in fuzzer-made inputs end in zero bits far
 // more often than one time in 16 (zero bytes, shifted and dictionary values), and while
 // the low nibble chose, the allocator fuzzers' inputs held about 12 large blocks each,
