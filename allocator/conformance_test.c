@@ -71,6 +71,17 @@ int main(int argc, char **argv) {
                                rseq_mode_name(mode), rseq_index_name(index), why); \
     }                                                                         \
   } while (0)
+      // First, on the fresh heap: a calloc over 1 MiB that takes a large spare whose
+      // pages still hold the freed block's bytes (the sampled check reads a resident
+      // page; the mutant large-calloc-spare-not-zeroed fails here as well as below).
+      const size_t stale[] = {(size_t)2 << 20, ((size_t)4 << 20) + 1, (size_t)8 << 20};
+      for (size_t i = 0; i < sizeof stale / sizeof stale[0]; i++) {
+        unsigned char *old = ccache_malloc(h, stale[i]);
+        CHECK(old, "malloc(%zu): errno %d", stale[i], errno);
+        memset(old, 0xEE, stale[i]);
+        ccache_free(h, old);  // kept as a spare (16 MiB of spares at most: these take 14)
+        RUN(CONF_CALLOC, 1, stale[i]);
+      }
       const enum conformance_call by_size[] = {CONF_MALLOC, CONF_REALLOC, CONF_REALLOC_NULL,
                                                CONF_VALLOC, CONF_PVALLOC};
       for (size_t c = 0; c < sizeof by_size / sizeof by_size[0]; c++)
