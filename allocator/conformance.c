@@ -260,13 +260,6 @@ static bool all_zero(const unsigned char *p, size_t n) {
 #define PAGE 4096  // one page per mincore call: with larger pages, a query that is not
                    // aligned to one is refused (EINVAL) and the sample is read
 
-#if CCACHE_HAVE_ASAN
-int __asan_address_is_poisoned(void const volatile *addr);
-#endif
-#if CCACHE_HAVE_MSAN
-long __msan_test_shadow(const volatile void *x, size_t size);
-#endif
-
 static bool sanitizer_would_report(const unsigned char *p) {
 #if CCACHE_HAVE_ASAN
   if (__asan_address_is_poisoned(p)) return true;

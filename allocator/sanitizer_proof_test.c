@@ -20,10 +20,6 @@
 #include "rseq/testing.h"
 #include "sanitizers/sanitizers.h"
 
-#if CCACHE_HAVE_ASAN
-int __asan_address_is_poisoned(void const volatile *addr);
-#endif
-
 // Maps n bytes (read-write, anonymous) at exactly addr, or fails (MAP_FAILED): the
 // refused-table case puts a mapping back where one was unmapped.
 static void *map_at(void *addr, size_t n) {

@@ -317,12 +317,19 @@ static void test_leftovers(enum rseq_index index) {
 
 // A model of the ring: one FIFO per shard and the round-robin cursor.
 #define MODEL_CAP 16
+#define MODEL_SHARDS 64
 struct model {
-  uintptr_t q[64][MODEL_CAP];
-  int head[64], len[64];
+  uintptr_t q[MODEL_SHARDS][MODEL_CAP];
+  int head[MODEL_SHARDS], len[MODEL_SHARDS];
   int next;
   int n;
 };
+
+// An empty model of ring r's shards (at most MODEL_SHARDS of them).
+static void model_reset(struct model *m, const struct ring *r) {
+  memset(m, 0, sizeof *m);
+  m->n = ring_shards(r) < MODEL_SHARDS ? ring_shards(r) : MODEL_SHARDS;
+}
 
 static int model_offer(struct model *m, int c, uintptr_t v) {
   if (m->len[c] == MODEL_CAP) return RING_FULL;
@@ -373,8 +380,7 @@ static void test_batch_share(enum rseq_mode mode, enum rseq_index index) {
   test_context("batch share mode=%s index=%s", rseq_mode_name(mode), rseq_index_name(index));
   struct ring *r = make(mode, index, MODEL_CAP, 0, 0);
   static struct model m;
-  memset(&m, 0, sizeof m);
-  m.n = ring_shards(r) < 64 ? ring_shards(r) : 64;
+  model_reset(&m, r);
   for (int c = 0; c < m.n; c++) {
     rseq_fake_cpu_set(c);
     for (uintptr_t k = 1; k <= MODEL_CAP; k++) {
@@ -383,8 +389,8 @@ static void test_batch_share(enum rseq_mode mode, enum rseq_index index) {
       CHECK_EQ(model_offer(&m, c, v), RING_OK);
     }
   }
-  static void *batch[9 * 64];
-  static uintptr_t want[9 * 64];
+  static void *batch[9 * MODEL_SHARDS];
+  static uintptr_t want[9 * MODEL_SHARDS];
   size_t max = 9 * (size_t)m.n;
   for (int call = 0;; call++) {
     long n = ring_poll_batch(r, batch, max);
@@ -411,8 +417,7 @@ static uint64_t run_sequence(enum rseq_mode mode, enum rseq_index index, uint64_
                (unsigned long)seed);
   struct ring *r = make(mode, index, MODEL_CAP, 0, UINTPTR_MAX - 40);
   static struct model m;
-  memset(&m, 0, sizeof m);
-  m.n = ring_shards(r) < 64 ? ring_shards(r) : 64;
+  model_reset(&m, r);
   uint64_t rng = seed, hash = 1469598103934665603ULL;
   uintptr_t value = 1;
   for (int op = 0; op < 20000; op++) {

@@ -42,6 +42,7 @@
 #if CCACHE_HAVE_ASAN
 void __asan_poison_memory_region(void const volatile *addr, size_t size);
 void __asan_unpoison_memory_region(void const volatile *addr, size_t size);
+int __asan_address_is_poisoned(void const volatile *addr);  // tests and oracles
 #define CCACHE_ASAN_POISON(p, n) __asan_poison_memory_region((p), (n))
 #define CCACHE_ASAN_UNPOISON(p, n) __asan_unpoison_memory_region((p), (n))
 #else
@@ -70,6 +71,7 @@ void __tsan_release(void *addr);
 void __msan_poison(const volatile void *a, size_t size);
 void __msan_unpoison(const volatile void *a, size_t size);
 void __msan_copy_shadow(const volatile void *dst, const volatile void *src, size_t size);
+long __msan_test_shadow(const volatile void *x, size_t size);  // tests and oracles
 #define CCACHE_MSAN_POISON(p, n) __msan_poison((p), (n))
 #define CCACHE_MSAN_UNPOISON(p, n) __msan_unpoison((p), (n))
 #define CCACHE_MSAN_COPY_SHADOW(dst, src, n) __msan_copy_shadow((dst), (src), (n))
