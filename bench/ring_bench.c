@@ -11,7 +11,11 @@
 // to another core, as in the design's use. Thread counts come from the machine, so the
 // same command scales to a larger one. Each configuration runs --reps times, interleaved
 // (rseq, cas, mutex, rseq, ...); the table shows min / median / max and the ratio of
-// medians to CAS mode.
+// medians to CAS mode. MPSC rows also give the median as slot lines per second: items
+// cross from the producers' cores to the consumer's in 64-byte lines, 64 / slot bytes
+// items at a time (ring_slot_bytes; the mutex ring's slots are the bare payload), and
+// when both modes are bound by how many lines the cores can hand over per second, their
+// ratio is that of their slot densities.
 // Flags: --reps N --millis N (per measurement) --producers LIST (default 1,ncpus,8,8*ncpus)
 //        --json FILE
 #include <errno.h>
@@ -127,6 +131,14 @@ static void destroy_target(struct target *t) {
     free(t->mutex->slots);
     free(t->mutex);
   }
+}
+
+// Bytes an item takes in the slots its producer writes and the consumer reads.
+static size_t slot_bytes(enum kind k, bool record) {
+  struct target t = make_target(k, record);
+  size_t b = t.ring ? ring_slot_bytes(t.ring) : payload_size(&t);
+  destroy_target(&t);
+  return b;
 }
 
 // --- CPUs: the consumer on the first allowed CPU, producers round-robin on the rest.
@@ -295,8 +307,9 @@ int main(int argc, char **argv) {
   if (js)
     fprintf(js, "{\"benchmark\": \"ring\", \"reps\": %d, \"ncpus\": %d, \"results\": [", reps,
             ncpus);
-  printf("| workload | items | batch | impl | min | median | max | unit | median vs cas |\n");
-  printf("|---|---|---|---|---|---|---|---|---|\n");
+  printf("| workload | items | batch | impl | min | median | max | unit | median vs cas | slot bytes "
+         "| median Mlines/s |\n");
+  printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (int c = 0; c < nconf; c++) {
     double med[NKINDS];
     char name[48];
@@ -315,16 +328,22 @@ int main(int argc, char **argv) {
     for (int k = 0; k < NKINDS; k++) {
       // Speed-up over CAS: lower is better for ns, higher for throughput.
       double ratio = confs[c].pair ? med[KIND_CAS] / med[k] : med[k] / med[KIND_CAS];
-      printf("| %s | %s | %zu | %s | %.2f | %.2f | %.2f | %s | %.2fx |\n", name, items,
+      size_t sb = slot_bytes((enum kind)k, confs[c].record);
+      // Lines handed from producers to the consumer: MPSC only (a pair stays on one core).
+      double lines = confs[c].pair ? 0 : med[k] * (double)sb / 64 / 1e6;
+      char lines_txt[32] = "-";
+      if (!confs[c].pair) snprintf(lines_txt, sizeof lines_txt, "%.1f", lines);
+      printf("| %s | %s | %zu | %s | %.2f | %.2f | %.2f | %s | %.2fx | %zu | %s |\n", name, items,
              confs[c].batch, kind_names[k], RES(c, k, 0) * scale, med[k] * scale,
-             RES(c, k, reps - 1) * scale, unit, ratio);
+             RES(c, k, reps - 1) * scale, unit, ratio, sb, lines_txt);
       if (js)
         fprintf(js,
                 "%s\n {\"workload\": \"%s\", \"items\": \"%s\", \"batch\": %zu, \"impl\": \"%s\", "
                 "\"unit\": \"%s\", \"min\": %.4f, \"median\": %.4f, \"max\": %.4f, "
-                "\"speedup_vs_cas\": %.3f}",
+                "\"speedup_vs_cas\": %.3f, \"slot_bytes\": %zu, \"median_mlines_per_s\": %.3f}",
                 c || k ? "," : "", name, items, confs[c].batch, kind_names[k], unit,
-                RES(c, k, 0) * scale, med[k] * scale, RES(c, k, reps - 1) * scale, ratio);
+                RES(c, k, 0) * scale, med[k] * scale, RES(c, k, reps - 1) * scale, ratio, sb,
+                lines);
     }
   }
   if (js) {

@@ -212,6 +212,7 @@ enum rseq_index ring_index(const struct ring *r) { return r->mode.index; }
 const char *ring_mode_reason(const struct ring *r) { return r->why_cas; }
 int ring_shards(const struct ring *r) { return (int)r->nshards; }
 size_t ring_capacity(const struct ring *r) { return r->capacity; }
+size_t ring_slot_bytes(const struct ring *r) { return r->stride; }
 
 // ---------------------------------------------------------------------------------
 // CAS-mode producers: a bounded MPSC queue per shard. A producer claims positions with

@@ -79,6 +79,10 @@ enum rseq_index ring_index(const struct ring *r);
 const char *ring_mode_reason(const struct ring *r);
 int ring_shards(const struct ring *r);
 size_t ring_capacity(const struct ring *r);
+// Bytes one item takes in a shard's slots (a power of two, 8 to 128): RSEQ mode the
+// payload, CAS mode its sequence number and the payload. Items cross from a producer's
+// core to the consumer's in lines of 64 bytes, 64 / ring_slot_bytes at a time.
+size_t ring_slot_bytes(const struct ring *r);
 
 // Producers (any thread, and async-signal-safe: no locks, no allocation).
 // RING_OK or RING_FULL; -1 with errno EINVAL on a ring of the other payload kind.

@@ -70,6 +70,21 @@ static void test_bad_arguments(void) {
   printf("ok: bad arguments refused with EINVAL\n");
 }
 
+// ring_slot_bytes: the payload rounded up to whole words and then to a power of two,
+// after an 8-byte sequence number in CAS mode; records over 56 bytes take 128 there.
+static void test_slot_bytes(enum rseq_mode mode, enum rseq_index index) {
+  static const size_t rec[] = {0, 1, 8, 9, 24, 32, 33, 56, 57, 64};
+  static const size_t rseq_bytes[] = {8, 8, 8, 16, 32, 32, 64, 64, 64, 64};
+  static const size_t cas_bytes[] = {16, 16, 16, 32, 32, 64, 64, 64, 128, 128};
+  for (size_t i = 0; i < sizeof rec / sizeof *rec; i++) {
+    struct ring *r = make(mode, index, 8, rec[i], 0);
+    size_t want = mode == RSEQ_MODE_CAS ? cas_bytes[i] : rseq_bytes[i];
+    CHECK(ring_slot_bytes(r) == want, "mode=%s record_size=%zu: ring_slot_bytes %zu, want %zu",
+          rseq_mode_name(mode), rec[i], ring_slot_bytes(r), want);
+    ring_destroy(r);
+  }
+}
+
 // Fill every shard to the brim and drain it, exactly.
 static void test_boundaries(enum rseq_mode mode, enum rseq_index index, uintptr_t initial) {
   test_context("boundaries mode=%s index=%s initial=%#lx", rseq_mode_name(mode),
@@ -588,6 +603,7 @@ int main(int argc, char **argv) {
       modes[nmodes++].index = (enum rseq_index)index;
     }
   for (int i = 0; i < nmodes; i++) {
+    test_slot_bytes(modes[i].mode, modes[i].index);
     test_boundaries(modes[i].mode, modes[i].index, 0);
     test_boundaries(modes[i].mode, modes[i].index, UINTPTR_MAX - 11);  // wraps mid-test
     test_records(modes[i].mode, modes[i].index);
@@ -605,7 +621,8 @@ int main(int argc, char **argv) {
       }
     }
     printf(
-        "ok: mode=%s index=%s: boundaries, wrap-around, records, batch offers and polls, migration "
+        "ok: mode=%s index=%s: slot sizes, boundaries, wrap-around, records, batch offers and "
+        "polls, migration "
         "mid-offer, aborted-section leftovers, the cached limit (RSEQ)\n",
         rseq_mode_name(modes[i].mode), rseq_index_name(modes[i].index));
   }
