@@ -422,6 +422,68 @@ static inline __attribute__((always_inline)) int offer_batch_section(RING_SECTIO
   return rseq_section_committed_(id, &s->head);
   RING_SECTION_EXITS_(ring_offer_batch)
 }
+
+// Up to n records (n >= 1), back to back from `src` (record_size bytes each), into
+// slots h, h+1, ... with one commit: k = min(n, limit - h) of them, each copied as in
+// offer_record_section. *offered = k: records [0, k) are committed, in order. k and
+// the source pointer are the asm's in-out operands, so that the section fits in the
+// registers the frame pointer and the inject variant's delay loop leave.
+static inline __attribute__((always_inline)) int offer_record_batch_section(
+    RING_SECTION_ARGS_, const void *src, unsigned long n, unsigned long *offered) {
+  enum { id = RSEQ_SECTION_ID_ring_offer_record_batch };
+  unsigned long h, a, i, p, k = n;
+  const unsigned char *from = src;
+  rseq_section_enter_(id, index, cpu, &s->head);
+  __asm__ __volatile__ goto(RING_ASM_START_("ring_offer_record_batch")
+               "movq " RING_OFF_LIMIT "(%[s]), %%rax\n\t"  /* k = min(n, limit - h) */
+               "subq %[h], %%rax\n\t"
+               "cmpq %[k], %%rax\n\t"
+               "jae 84f\n\t"
+               "movq %%rax, %[k]\n\t"
+               "84:\n\t"
+               RSEQ_INJECT_ASM(1)
+               "xorl %k[p], %k[p]\n\t"
+               "86:\n\t"                                       /* record p into slot h+p */
+               "leaq (%[h], %[p]), %[a]\n\t"
+               "andq " RING_OFF_MASK "(%[s]), %[a]\n\t"
+               "imulq " RING_OFF_STRIDE "(%[s]), %[a]\n\t"
+               "addq " RING_OFF_SLOTS "(%[s]), %[a]\n\t"
+               "xorl %k[i], %k[i]\n\t"
+               "81:\n\t"                                       /* whole words */
+               "leaq 8(%[i]), %%rax\n\t"
+               "cmpq " RING_OFF_RECORD_SIZE "(%[s]), %%rax\n\t"
+               "ja 82f\n\t"
+               "movq (%[from], %[i]), %%rax\n\t"
+               "movq %%rax, (%[a], %[i])\n\t"                  /* try-stores */
+               "addq $8, %[i]\n\t"
+               "jmp 81b\n\t"
+               "82:\n\t"                                       /* the bytes left */
+               "cmpq " RING_OFF_RECORD_SIZE "(%[s]), %[i]\n\t"
+               "jae 83f\n\t"
+               "movzbl (%[from], %[i]), %%eax\n\t"
+               "movb %%al, (%[a], %[i])\n\t"
+               "incq %[i]\n\t"
+               "jmp 82b\n\t"
+               "83:\n\t"
+               "addq " RING_OFF_RECORD_SIZE "(%[s]), %[from]\n\t"
+               "incq %[p]\n\t"
+               "cmpq %[k], %[p]\n\t"
+               "jb 86b\n\t"
+               "addq %[k], %[h]\n\t"
+               RING_ASM_COMMIT_
+               : [h] "=&r"(h), [a] "=&r"(a), [i] "=&r"(i), [p] "=&r"(p), [k] "+&r"(k),
+                 [from] "+&r"(from)
+               : RING_ASM_INPUTS_
+               : RING_ASM_CLOBBERS_);
+  (void)h;
+  (void)a;
+  (void)i;
+  (void)p;
+  (void)from;
+  *offered = k;
+  return rseq_section_committed_(id, &s->head);
+  RING_SECTION_EXITS_(ring_offer_record_batch)
+}
 // Where an offer's section runs: the thread's rseq area and the index it read there.
 // Two words, returned in registers.
 struct offer_where {
@@ -613,21 +675,47 @@ __attribute__((noinline)) static size_t offer_batch_rseq(struct ring *r, void *c
                    offer_batch_section(area, idx, r->mode.index, cpu, s, items, n, &k), k, 0)
 }
 
+// RSEQ mode: up to n records (n >= 1) in one section; 0 when the shard is full.
+__attribute__((noinline)) static size_t offer_record_batch_rseq(struct ring *r,
+                                                                const unsigned char *records,
+                                                                size_t n) {
+  unsigned long k;
+  if (n > RING_BATCH_MAX) n = RING_BATCH_MAX;
+  RING_OFFER_LOOP_(RSEQ_SECTION_ID_ring_offer_record_batch,
+                   offer_record_batch_section(area, idx, r->mode.index, cpu, s, records, n, &k),
+                   k, 0)
+}
+
+// Offers payloads [0, n) (payload_size bytes each, back to back) in runs: each call
+// commits a run that fits in the shard of the CPU it runs on, until one finds the
+// shard full.
+static size_t offer_runs(struct ring *r, const unsigned char *payloads, size_t n) {
+  size_t done = 0;
+  while (done < n) {
+    const unsigned char *from = payloads + done * r->payload_size;
+    size_t k = r->mode.mode == RSEQ_MODE_CAS ? cas_offer(r, from, n - done)
+               : r->record_size              ? offer_record_batch_rseq(r, from, n - done)
+                                             : offer_batch_rseq(r, (void *const *)from, n - done);
+    if (k == 0) break;  // full
+    done += k;
+  }
+  return done;
+}
+
 size_t ring_offer_batch(struct ring *r, void *const *items, size_t n) {
   if (r->record_size != 0) {
     errno = EINVAL;
     return 0;
   }
-  size_t done = 0;
-  while (done < n) {
-    // Each call commits a run that fits in the shard of the CPU it runs on.
-    size_t k = r->mode.mode == RSEQ_MODE_CAS
-                   ? cas_offer(r, (const unsigned char *)(items + done), n - done)
-                   : offer_batch_rseq(r, items + done, n - done);
-    if (k == 0) break;  // full
-    done += k;
+  return offer_runs(r, (const unsigned char *)items, n);
+}
+
+size_t ring_offer_record_batch(struct ring *r, const void *records, size_t n) {
+  if (r->record_size == 0) {
+    errno = EINVAL;
+    return 0;
   }
-  return done;
+  return offer_runs(r, records, n);
 }
 
 // ---------------------------------------------------------------------------------
@@ -892,8 +980,8 @@ int ring_cpu_stats(const struct ring *r, int shard, struct ring_cpu_stats *out) 
 void ring_stats(const struct ring *r, struct ring_stats *out) {
   memset(out, 0, sizeof *out);
   out->offer_section = r->mode.mode == RSEQ_MODE_CAS ? "(cas: no section)"
-                       : r->record_size               ? "ring_offer_record"
-                                                      : "ring_offer (ring_offer_batch for batches)";
+                       : r->record_size ? "ring_offer_record (ring_offer_record_batch for batches)"
+                                        : "ring_offer (ring_offer_batch for batches)";
   for (uint32_t c = 0; c < r->nshards; c++) {
     struct ring_shard *s = &r->shards[c];
     out->offer_commits += offered_until(s) - r->initial;

@@ -92,6 +92,11 @@ int ring_offer(struct ring *r, void *item);
 // the shard with one section.
 size_t ring_offer_batch(struct ring *r, void *const *items, size_t n);
 int ring_offer_record(struct ring *r, const void *record);
+// ring_offer_batch for records: offers records [0, n) (record_size bytes each, back to
+// back) in order until one is refused; returns how many were offered (0 with errno
+// EINVAL on a pointer ring). RSEQ mode commits each run of up to 64 that fits in the
+// shard with one section (ring_offer_record_batch).
+size_t ring_offer_record_batch(struct ring *r, const void *records, size_t n);
 
 // The consumer (one thread at a time). RING_OK or RING_EMPTY; -1 with errno EINVAL on
 // a ring of the other payload kind, or (builds without NDEBUG) -1 with errno EPERM and

@@ -60,12 +60,19 @@ static void test_bad_arguments(void) {
   CHECK(ring_offer_record(r, rec) == -1 && errno == EINVAL);
   errno = 0;
   CHECK(ring_poll_record(r, rec) == -1 && errno == EINVAL);
+  errno = 0;
+  CHECK(ring_offer_record_batch(r, rec, 1) == 0 && errno == EINVAL, "record batch, pointer ring");
   void *item;
   CHECK_EQ(ring_poll(r, &item), RING_EMPTY);
   ring_destroy(r);
   r = make(RSEQ_MODE_CAS, RSEQ_INDEX_CPU_ID, 8, 16, 0);
   errno = 0;
   CHECK(ring_offer(r, NULL) == -1 && errno == EINVAL);
+  void *one[1] = {NULL};
+  errno = 0;
+  CHECK(ring_offer_batch(r, one, 1) == 0 && errno == EINVAL, "pointer batch, record ring");
+  char rec16[16];
+  CHECK_EQ(ring_poll_record(r, rec16), RING_EMPTY);  // nothing went in
   ring_destroy(r);
   printf("ok: bad arguments refused with EINVAL\n");
 }
@@ -177,6 +184,41 @@ static void test_records(enum rseq_mode mode, enum rseq_index index) {
               "batch poll: size %zu record %d byte %zu", size, k, b);
     CHECK(many[3 * size] == 0xEE, "record batch of %zu-byte records wrote past the third", size);
     CHECK_EQ(ring_poll_record_batch(r, many, 5), 0);
+    // ring_offer_record_batch: 5 records into the 4 free slots commits 4, in order, and
+    // then the shard is full; twice, so that the positions wrap (they started below it).
+    for (int round = 0; round < 2; round++) {
+      for (int k = 0; k < 5; k++)
+        for (size_t b = 0; b < size; b++)
+          many[(size_t)k * size + b] = (unsigned char)(size * 3 + b + (size_t)k * 11 + round);
+      CHECK_EQ(ring_offer_record_batch(r, many, 5), 4);
+      CHECK_EQ(ring_offer_record_batch(r, many, 1), 0);
+      CHECK_EQ(ring_offer_record(r, in), RING_FULL);
+      for (int k = 0; k < 4; k++) {
+        memset(out, 0xEE, sizeof out);
+        CHECK_EQ(ring_poll_record(r, out), RING_OK);
+        for (size_t b = 0; b < size; b++)
+          CHECK(out[b] == (unsigned char)(size * 3 + b + (size_t)k * 11 + round),
+                "record batch: size %zu record %d byte %zu", size, k, b);
+        CHECK(out[size] == 0xEE, "record of %zu bytes wrote past its end", size);
+      }
+      CHECK_EQ(ring_poll_record(r, out), RING_EMPTY);
+    }
+    CHECK_EQ(ring_offer_record_batch(r, many, 0), 0);
+    ring_destroy(r);
+    // A batch longer than one section takes (64 records in RSEQ mode): all of it, in
+    // order, whole, across the wrap of positions.
+    r = make(mode, index, 256, size, UINTPTR_MAX - 70);
+    static unsigned char big[200 * RING_RECORD_MAX];
+    for (size_t k = 0; k < 200; k++)
+      for (size_t b = 0; b < size; b++) big[k * size + b] = (unsigned char)(k * 5 + b);
+    CHECK_EQ(ring_offer_record_batch(r, big, 200), 200);
+    for (size_t k = 0; k < 200; k++) {
+      CHECK_EQ(ring_poll_record(r, out), RING_OK);
+      for (size_t b = 0; b < size; b++)
+        CHECK(out[b] == (unsigned char)(k * 5 + b), "long record batch: size %zu record %zu", size,
+              k);
+    }
+    CHECK_EQ(ring_poll_record(r, out), RING_EMPTY);
     ring_destroy(r);
   }
 }
@@ -252,10 +294,17 @@ static void test_limit_refresh(enum rseq_index index, uintptr_t initial, size_t 
   for (int round = 0; round < 6; round++) {
     size_t k = round == 0 ? cap : 1 + (size_t)round % 4;  // how many to offer into the room
     size_t done = 0;
-    if (batch && !rec) {
-      void *items[8];
-      for (size_t i = 0; i < k; i++) items[i] = (void *)(next + i);
-      done = ring_offer_batch(r, items, k + 3);  // more than fits: takes k, then FULL
+    if (batch) {
+      // More than fits: takes k, then FULL. A record carries its position in its first
+      // 8 bytes, as with the single offers below.
+      void *items[11];
+      static unsigned char records[11 * 64];
+      for (size_t i = 0; i < k + 3; i++) {
+        uintptr_t v = next + i;
+        items[i] = (void *)v;
+        memcpy(records + i * (rec ? rec : 8), &v, sizeof v);
+      }
+      done = rec ? ring_offer_record_batch(r, records, k + 3) : ring_offer_batch(r, items, k + 3);
       CHECK_EQ(done, k);
       next += k;
       want_full++;
@@ -538,9 +587,11 @@ static void test_single_consumer(void) {
 // that computed its shard from one read and checked its section against another would
 // commit into the old CPU's shard from the new CPU.
 static void test_migration_mid_offer(enum rseq_index index) {
-  for (size_t rec = 0; rec <= 32; rec += 16) {  // 0: pointer, 16: record, 32: a batch of 3
-    test_context("migration mid-offer index=%s record_size=%zu", rseq_index_name(index), rec);
-    struct ring *r = make(RSEQ_MODE_RSEQ, index, 8, rec == 16 ? rec : 0, 0);
+  // 0: a pointer, 16: a record, 32: a batch of 3 pointers, 48: a batch of 3 records
+  for (size_t rec = 0; rec <= 48; rec += 16) {
+    test_context("migration mid-offer index=%s case=%zu", rseq_index_name(index), rec);
+    bool records = rec == 16 || rec == 48;
+    struct ring *r = make(RSEQ_MODE_RSEQ, index, 8, records ? 16 : 0, 0);
     if (ring_shards(r) < 2) {
       printf("SKIPPED: migration mid-offer: one shard only\n");
       ring_destroy(r);
@@ -549,13 +600,17 @@ static void test_migration_mid_offer(enum rseq_index index) {
     rseq_fake_cpu_set(0);
     rseq_fake_cpu_migrate_after_next_read(1);
     char record[16] = "migrated";
+    char records3[3][16] = {"migrated", "record 2", "record 3"};
     void *three[3] = {(void *)7, (void *)8, (void *)9};
     // Liveness: after the permanent move the offer must commit at its first retry.
-    test_liveness_begin(rec == 32 ? "ring_offer_batch after a migration"
-                        : rec     ? "ring_offer_record after a migration"
-                                  : "ring_offer after a migration",
+    test_liveness_begin(rec == 48   ? "ring_offer_record_batch after a migration"
+                        : rec == 32 ? "ring_offer_batch after a migration"
+                        : rec       ? "ring_offer_record after a migration"
+                                    : "ring_offer after a migration",
                         4);
-    if (rec == 32)
+    if (rec == 48)
+      CHECK_EQ(ring_offer_record_batch(r, records3, 3), 3);
+    else if (rec == 32)
       CHECK_EQ(ring_offer_batch(r, three, 3), 3);
     else
       CHECK_EQ(rec ? ring_offer_record(r, record) : ring_offer(r, (void *)7), RING_OK);
@@ -563,16 +618,16 @@ static void test_migration_mid_offer(enum rseq_index index) {
     CHECK_EQ(rseq_current_index(index), 1);
     struct ring_cpu_stats st0, st1;
     CHECK(ring_cpu_stats(r, 0, &st0) == 0 && ring_cpu_stats(r, 1, &st1) == 0);
-    CHECK(st0.offered == 0 && st1.offered == (rec == 32 ? 3 : 1),
+    CHECK(st0.offered == 0 && st1.offered == (rec >= 32 ? 3 : 1),
           "shard 0 got %lu items and shard 1 %lu: the offer committed on the CPU it read first",
           (unsigned long)st0.offered, (unsigned long)st1.offered);
     struct ring_stats rs;
     ring_stats(r, &rs);
     CHECK_EQ(rs.offer_aborts, 1);  // the section saw the move
-    if (rec == 16) {
+    if (records) {
       char got[16];
       CHECK_EQ(ring_poll_record(r, got), RING_OK);
-      CHECK(!memcmp(got, record, sizeof got));
+      CHECK(!memcmp(got, record, sizeof got), "the first record after the move is torn");
     } else {
       void *item;
       int shard;
@@ -618,6 +673,7 @@ int main(int argc, char **argv) {
         test_limit_refresh(modes[i].index, initial, 0, false);
         test_limit_refresh(modes[i].index, initial, 0, true);
         test_limit_refresh(modes[i].index, initial, 24, false);
+        test_limit_refresh(modes[i].index, initial, 24, true);
       }
     }
     printf(

@@ -30,7 +30,8 @@
   X(11, ccache_overflow_pop, 0xe)                             \
   X(12, ring_offer, 0x6)                                      \
   X(13, ring_offer_record, 0x6)                               \
-  X(14, ring_offer_batch, 0x6)
+  X(14, ring_offer_batch, 0x6)                                \
+  X(15, ring_offer_record_batch, 0x6)
 
 enum rseq_section_id {
 #define RSEQ_SECTION_ENUM_(id, name, points) RSEQ_SECTION_ID_##name = id,
