@@ -57,7 +57,8 @@ static const char *const window_sections[] = {
     "rseq_addv", "rseq_offset_deref_addv", "rseq_cmpeqv_storev", "rseq_cmpeqv_trystorev_storev",
     "rseq_cmpeqv_trymemcpy_storev", "rseq_cmpnev_storeoffp_load", "rseq_percpu_stack_push",
     "rseq_percpu_stack_pop", "ccache_malloc_pop", "ccache_free_push", "ccache_refill_push",
-    "ccache_overflow_pop", "ring_offer", "ring_offer_batch", "ring_offer_record"};
+    "ccache_overflow_pop", "ring_offer", "ring_offer_batch", "ring_offer_record",
+    "ring_offer_record_batch"};
 // What the actor does in the current phase, on its own index (seq_cst: paired with
 // actor_busy in window_quiesce, a Dekker handshake).
 static void (*_Atomic actor_action)(int c);
@@ -563,7 +564,50 @@ static void ring(void) {
   window_quiesce();
   EXPECT(got == 40 && actor_got == actor_ring_offers, "record ring: %d of 40 (and %ld of the actor's %ld)", got,
          actor_got, actor_ring_offers);
+  // Record batches: 8 runs of 3 records of the same shape, each run one section
+  // (ring_offer_record_batch); every record must come out whole, none twice.
+  ring_set_actor(r, true);
+  unsigned char recs[3][21];
+  size_t batched = 0;
+  for (int b = 0; b < 8; b++) {
+    for (int j = 0; j < 3; j++)
+      for (int k = 0; k < 21; k++) recs[j][k] = (unsigned char)((b * 3 + j) * 7 + k);
+    batched += ring_offer_record_batch(r, recs, 3);
+  }
+  EXPECT(batched == 24, "record batches: %zu of 24 records offered", batched);
+  got = 0;
+  actor_got = 0;
+  while (ring_poll_record(r, out) == RING_OK) {
+    for (int k = 1; k < 21; k++) EXPECT(out[k] == (unsigned char)(out[0] + k), "batched record torn");
+    if (out[0] >= 200) actor_got++;
+    else got++;
+  }
+  window_quiesce();
+  EXPECT((size_t)got == batched && actor_got == actor_ring_offers,
+         "record batch ring: %d of %zu (and %ld of the actor's %ld)", got, batched, actor_got,
+         actor_ring_offers);
   ring_set_actor(NULL, false);
+  ring_destroy(r);
+  // A record batch that the shard's room cuts short: of 3 records, 2 fit in a shard of
+  // 4 that holds two; the section commits them, and the run's next section finds the
+  // shard full.
+  r = ring_create(4, &ro);
+  EXPECT(r != NULL, "small record ring creation failed");
+  if (!r) return;
+  for (int i = 0; i < 2; i++) {
+    for (int k = 0; k < 21; k++) rec[k] = (unsigned char)(100 + i * 10 + k);
+    EXPECT(ring_offer_record(r, rec) == RING_OK, "record offer into the small ring");
+  }
+  for (int j = 0; j < 3; j++)
+    for (int k = 0; k < 21; k++) recs[j][k] = (unsigned char)(120 + j * 10 + k);
+  EXPECT(ring_offer_record_batch(r, recs, 3) == 2, "a record batch cut short by the room");
+  got = 0;
+  while (ring_poll_record(r, out) == RING_OK) {
+    EXPECT(out[0] == (unsigned char)(100 + got * 10), "small ring: record %d is %u", got, out[0]);
+    for (int k = 1; k < 21; k++) EXPECT(out[k] == (unsigned char)(out[0] + k), "batched record torn");
+    got++;
+  }
+  EXPECT(got == 4, "small record ring: %d of 4 records", got);
   ring_destroy(r);
 }
 

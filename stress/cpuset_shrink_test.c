@@ -12,7 +12,7 @@
 // (rseq/test_liveness.h; a few, since real preemption can add aborts of its own). For
 // each section, through the operation that runs it:
 //   allocator: ccache_malloc_pop, ccache_free_push, ccache_refill_push, ccache_overflow_pop
-//   ring:      ring_offer, ring_offer_record, ring_offer_batch
+//   ring:      ring_offer, ring_offer_record, ring_offer_batch, ring_offer_record_batch
 // Checked: the operation committed within the budget; the thread now runs on b; with
 // cpu_id at least one abort (the section saw the move) and the commit in b's cache or
 // shard, not a's; the heap's invariants; every ring item polled once. Both indexes.
@@ -155,6 +155,12 @@ static void op_offer_batch(void *arg) {
   CHECK_EQ(ring_offer_batch(ring, three, 3), 3);
 }
 
+static void op_offer_record_batch(void *arg) {
+  (void)arg;
+  static unsigned char three[3][32];
+  CHECK_EQ(ring_offer_record_batch(ring, three, 3), 3);
+}
+
 static void ring_case(enum rseq_index index, const char *section, size_t record_size, void (*op)(void *),
                       uint64_t items) {
   struct ring_options o = {RSEQ_MODE_RSEQ, index, record_size, 0};
@@ -201,6 +207,7 @@ int main(int argc, char **argv) {
     ring_case((enum rseq_index)index, "ring_offer", 0, op_offer, 1);
     ring_case((enum rseq_index)index, "ring_offer_record", 32, op_offer_record, 1);
     ring_case((enum rseq_index)index, "ring_offer_batch", 0, op_offer_batch, 3);
+    ring_case((enum rseq_index)index, "ring_offer_record_batch", 32, op_offer_record_batch, 3);
   }
   CHECK(test_unpin(cpus, ncpus) == 0);
   printf("PASS\n");

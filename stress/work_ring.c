@@ -1,7 +1,7 @@
 // work_ring: the workers produce into two per-CPU rings (items: pointers, committed
 // with the ring_offer section one at a time and with ring_offer_batch in runs of up to
-// four; records of 32 bytes, committed with ring_offer_record) and one consumer thread
-// polls both. Checks, as it polls:
+// four; records of 32 bytes, committed with ring_offer_record one at a time and with
+// ring_offer_record_batch in runs of up to four) and one consumer thread polls both. Checks, as it polls:
 //   - every item is a real one: producer in range, record checksum right (no torn copy);
 //   - each (producer, sequence number) is polled once, never twice;
 //   - per producer and shard, sequence numbers increase (FIFO while on one CPU).
@@ -20,7 +20,7 @@
 #include "stress/seen.h"
 
 static const char *const sections[] = {"ring_offer", "ring_offer_record", "ring_offer_batch",
-                                       NULL};
+                                       "ring_offer_record_batch", NULL};
 
 struct record {
   uint64_t producer, seq, value, check;
@@ -105,7 +105,7 @@ static void setup(int nworkers) {
 static void op(struct worker *w) {
   if (!w->priv) CHECK((w->priv = calloc(1, sizeof(struct producer))) != NULL);
   struct producer *p = w->priv;
-  int which = (int)(test_rand(&w->rng) % 3);
+  int which = (int)(test_rand(&w->rng) % 4);
   bool full;
   if (which == 0) {
     uintptr_t item = (uintptr_t)(w->id + 1) << 40 | p->seq[0];
@@ -120,6 +120,19 @@ static void op(struct worker *w) {
     CHECK(r == RING_OK || r == RING_FULL, "record offer returned %d", r);
     full = r == RING_FULL;
     p->seq[1] += !full;
+  } else if (which == 3) {
+    // A run of records with consecutive sequence numbers: a prefix of it is committed,
+    // in order, each record whole.
+    struct record recs[4];
+    size_t n = 1 + test_rand(&w->rng) % 4;
+    for (size_t k = 0; k < n; k++) {
+      recs[k] = (struct record){(uint64_t)w->id, p->seq[1] + k, test_rand(&w->rng), 0};
+      recs[k].check = check_of(&recs[k]);
+    }
+    size_t done = ring_offer_record_batch(rings[1], recs, n);
+    CHECK(done <= n, "record batch offer of %zu returned %zu", n, done);
+    p->seq[1] += done;
+    full = done < n;
   } else {
     // A run of consecutive sequence numbers: a prefix of it is committed, in order.
     void *items[4];
