@@ -3,9 +3,9 @@
 //   pair        one thread: offer then poll, ns per pair (pointer items and 32-byte records)
 //   mpsc        P producer threads and one consumer thread, items per second, for
 //               P = 1, ncpus, 8 and 8 x ncpus; pointer items and 32-byte records;
-//               batches of 1 and 16 (producers: ring_offer_batch for pointers, 16 single
-//               offers for records, which have no batch offer; the consumer:
-//               ring_poll_batch / ring_poll_record_batch of 16, or single polls)
+//               batches of 1 and 16 (producers: ring_offer_batch / ring_offer_record_batch
+//               of 16; the consumer: ring_poll_batch / ring_poll_record_batch of 16), or
+//               single offers and polls
 // The consumer runs on the first CPU this process may use and the producers on the
 // others, round-robin (on a 1-CPU machine they all share it): a producer's items cross
 // to another core, as in the design's use. Thread counts come from the machine, so the
@@ -87,9 +87,8 @@ static inline size_t offer(struct target *t, const void *payloads, size_t n) {
     if (n == 1) return ring_offer(t->ring, *(void *const *)payloads) == RING_OK;
     return ring_offer_batch(t->ring, payloads, n);
   }
-  size_t k = 0;
-  while (k < n && ring_offer_record(t->ring, (const char *)payloads + k * REC) == RING_OK) k++;
-  return k;
+  if (n == 1) return ring_offer_record(t->ring, payloads) == RING_OK;
+  return ring_offer_record_batch(t->ring, payloads, n);
 }
 
 static inline size_t poll_items(struct target *t, void *out, size_t max) {
