@@ -563,9 +563,29 @@ CHECK_LOOP static long first_difference(void *const *items, const uintptr_t *exp
   return k;
 }
 
+// Record rings: the record of position value v holds v in its first 8 bytes and a
+// pattern of v in the rest, so that a torn or shifted copy shows.
+static const size_t ring_record_sizes[4] = {12, 21, 32, 64};
+CHECK_LOOP static void record_of(unsigned char *rec, size_t size, uintptr_t v) {
+  memcpy(rec, &v, sizeof v);
+  for (size_t b = sizeof v; b < size; b++) rec[b] = (unsigned char)(v * 31 + b);
+}
+// The value of a polled record, or 0 (no position is 0 here) when it is not whole.
+CHECK_LOOP static uintptr_t record_value(const unsigned char *rec, size_t size) {
+  uintptr_t v;
+  memcpy(&v, rec, sizeof v);
+  for (size_t b = sizeof v; b < size; b++)
+    if (rec[b] != (unsigned char)(v * 31 + b)) return 0;
+  return v;
+}
+
 static void run_ring(enum rseq_mode mode, enum rseq_index index, const struct op *ops, size_t n,
                      struct ops_trace *t, struct ops_result *r) {
-  struct ring_options o = {mode, index, 0, UINTPTR_MAX - 20};  // positions wrap early
+  // Pointer items, or records (ring_offer_record[_batch], ring_poll_record[_batch]) of
+  // one of four sizes: the stream's first op's cpu byte chooses (the top bit, then the
+  // two below it), the same in both modes.
+  size_t rs = n && (ops[0].cpu & 0x80) ? ring_record_sizes[(ops[0].cpu >> 5) & 3] : 0;
+  struct ring_options o = {mode, index, rs, UINTPTR_MAX - 20};  // positions wrap early
   struct ring *ring = ring_create(RING_CAP, &o);
   if (!ring) {
     fail(r, 0, "ring_create(%s, %s): errno %d", rseq_mode_name(mode), rseq_index_name(index), errno);
@@ -588,21 +608,39 @@ static void run_ring(enum rseq_mode mode, enum rseq_index index, const struct op
       obs |= (uint64_t)cpu;
     } else if (kind == R_OFFER || kind == R_OFFER_BATCH) {
       void *items[12];
-      for (int k = 0; k < count; k++) items[k] = (void *)(value + (uintptr_t)k);
-      size_t done = count == 1 && kind == R_OFFER ? (ring_offer(ring, items[0]) == RING_OK)
-                                                  : ring_offer_batch(ring, items, (size_t)count);
+      static unsigned char recs[12 * 64];
+      for (int k = 0; k < count; k++) {
+        items[k] = (void *)(value + (uintptr_t)k);
+        if (rs) record_of(recs + (size_t)k * rs, rs, value + (uintptr_t)k);
+      }
+      size_t done;
+      if (count == 1 && kind == R_OFFER)
+        done = (rs ? ring_offer_record(ring, recs) : ring_offer(ring, items[0])) == RING_OK;
+      else
+        done = rs ? ring_offer_record_batch(ring, recs, (size_t)count)
+                  : ring_offer_batch(ring, items, (size_t)count);
       int want = model_offer(&m, cpu, value, count);
       if ((int)done != want) fail(r, i, "offer of %d on shard %d: %zu accepted, model %d", count, cpu, done, want);
       value += (uintptr_t)count;
       obs |= done;
     } else {
       void *items[12];
+      static unsigned char recs[12 * 64];
       long got;
       if (kind == R_POLL) {
-        got = ring_poll(ring, &items[0]) == RING_OK;
+        got = (rs ? ring_poll_record(ring, recs) : ring_poll(ring, &items[0])) == RING_OK;
       } else {
-        got = ring_poll_batch(ring, items, (size_t)count);
+        got = rs ? ring_poll_record_batch(ring, recs, (size_t)count)
+                 : ring_poll_batch(ring, items, (size_t)count);
       }
+      for (long k = 0; rs && k < got; k++) {
+        items[k] = (void *)record_value(recs + (size_t)k * rs, rs);
+        if (!items[k]) {
+          fail(r, i, "poll item %ld: a torn %zu-byte record", k, rs);
+          break;
+        }
+      }
+      if (r->failed) break;
       // The model: one item per shard per turn for single polls; the batch contract
       // (at most max(max/shards + 1, RING_POLL_RUN_MIN) per visit) for batches.
       uintptr_t expect[12];
