@@ -266,14 +266,15 @@ static size_t cas_offer(struct ring *r, const unsigned char *payloads, size_t n)
 }
 
 // ---------------------------------------------------------------------------------
-// RSEQ-mode producers: a per-CPU buffer whose head only the sections move. Three
+// RSEQ-mode producers: a per-CPU buffer whose head only the sections move. Four
 // sections, inlined at their one call site each (offer_attempt for ring_offer,
-// ring_offer_record, offer_batch_rseq): an offer is one call with no locked instruction, and in the
-// common case reads and writes only its CPU's producer line and the slots. Each:
+// ring_offer_record, offer_batch_rseq, offer_record_batch_rseq): an offer is one call
+// with no locked instruction, and in the common case reads and writes only its CPU's
+// producer line and the slots. Each:
 //   if (cpu != current) abort;
 //   h = s->head;  if (h - s->limit >= 0) goto cmpfail;    (full, as far as the cached
 //                                                           limit knows)
-//   [batch: k = min(n, s->limit - h)]
+//   [batches: k = min(n, s->limit - h)]
 //   write the item(s) into slot h (.. h+k-1);             <- try-stores
 //   s->head = h + k;                                      <- the commit (x86 keeps the
 //                                                            stores in order: a release)
