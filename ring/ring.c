@@ -318,6 +318,33 @@ static size_t cas_offer(struct ring *r, const unsigned char *payloads, size_t n)
   return rseq_section_cmpfailed_(id, &s->head);                   \
   RSEQ_ASM_ERROR_CPU_BLOCK(name, cpu)
 
+// The slot of the position in %[a]: its address, into %[a].
+#define RING_ASM_SLOT_                                            \
+  "andq " RING_OFF_MASK "(%[s]), %[a]\n\t"                        \
+  "imulq " RING_OFF_STRIDE "(%[s]), %[a]\n\t"                     \
+  "addq " RING_OFF_SLOTS "(%[s]), %[a]\n\t"
+// Copies the record at %[src] (the operand named) into the slot at %[a]: whole words,
+// then the bytes left, so that the source is read within its record_size bytes only.
+// Clobbers %[i] and rax.
+#define RING_ASM_COPY_RECORD_(src)                                \
+  "xorl %k[i], %k[i]\n\t"                                         \
+  "81:\n\t" /* whole words */                                    \
+  "leaq 8(%[i]), %%rax\n\t"                                       \
+  "cmpq " RING_OFF_RECORD_SIZE "(%[s]), %%rax\n\t"                \
+  "ja 82f\n\t"                                                    \
+  "movq (%[" src "], %[i]), %%rax\n\t"                            \
+  "movq %%rax, (%[a], %[i])\n\t" /* try-stores */                \
+  "addq $8, %[i]\n\t"                                             \
+  "jmp 81b\n\t"                                                   \
+  "82:\n\t" /* the bytes left */                                 \
+  "cmpq " RING_OFF_RECORD_SIZE "(%[s]), %[i]\n\t"                 \
+  "jae 83f\n\t"                                                   \
+  "movzbl (%[" src "], %[i]), %%eax\n\t"                          \
+  "movb %%al, (%[a], %[i])\n\t"                                   \
+  "incq %[i]\n\t"                                                 \
+  "jmp 82b\n\t"                                                   \
+  "83:\n\t"
+
 // One pointer into slot h (8-byte slots: pointer rings in RSEQ mode have no seq).
 static inline __attribute__((always_inline)) int offer_section(RING_SECTION_ARGS_, intptr_t item) {
   enum { id = RSEQ_SECTION_ID_ring_offer };
@@ -351,26 +378,8 @@ static inline __attribute__((always_inline)) int offer_record_section(RING_SECTI
   __asm__ __volatile__ goto(RING_ASM_START_("ring_offer_record")
                RSEQ_INJECT_ASM(1)
                "movq %[h], %[a]\n\t"                           /* slot h */
-               "andq " RING_OFF_MASK "(%[s]), %[a]\n\t"
-               "imulq " RING_OFF_STRIDE "(%[s]), %[a]\n\t"
-               "addq " RING_OFF_SLOTS "(%[s]), %[a]\n\t"
-               "xorl %k[i], %k[i]\n\t"
-               "81:\n\t"                                       /* whole words */
-               "leaq 8(%[i]), %%rax\n\t"
-               "cmpq " RING_OFF_RECORD_SIZE "(%[s]), %%rax\n\t"
-               "ja 82f\n\t"
-               "movq (%[src], %[i]), %%rax\n\t"
-               "movq %%rax, (%[a], %[i])\n\t"                  /* try-stores */
-               "addq $8, %[i]\n\t"
-               "jmp 81b\n\t"
-               "82:\n\t"                                       /* the bytes left */
-               "cmpq " RING_OFF_RECORD_SIZE "(%[s]), %[i]\n\t"
-               "jae 83f\n\t"
-               "movzbl (%[src], %[i]), %%eax\n\t"
-               "movb %%al, (%[a], %[i])\n\t"
-               "incq %[i]\n\t"
-               "jmp 82b\n\t"
-               "83:\n\t"
+               RING_ASM_SLOT_
+               RING_ASM_COPY_RECORD_("src")
                "incq %[h]\n\t"
                RING_ASM_COMMIT_
                : [h] "=&r"(h), [a] "=&r"(a), [i] "=&r"(i)
@@ -446,26 +455,8 @@ static inline __attribute__((always_inline)) int offer_record_batch_section(
                "xorl %k[p], %k[p]\n\t"
                "86:\n\t"                                       /* record p into slot h+p */
                "leaq (%[h], %[p]), %[a]\n\t"
-               "andq " RING_OFF_MASK "(%[s]), %[a]\n\t"
-               "imulq " RING_OFF_STRIDE "(%[s]), %[a]\n\t"
-               "addq " RING_OFF_SLOTS "(%[s]), %[a]\n\t"
-               "xorl %k[i], %k[i]\n\t"
-               "81:\n\t"                                       /* whole words */
-               "leaq 8(%[i]), %%rax\n\t"
-               "cmpq " RING_OFF_RECORD_SIZE "(%[s]), %%rax\n\t"
-               "ja 82f\n\t"
-               "movq (%[from], %[i]), %%rax\n\t"
-               "movq %%rax, (%[a], %[i])\n\t"                  /* try-stores */
-               "addq $8, %[i]\n\t"
-               "jmp 81b\n\t"
-               "82:\n\t"                                       /* the bytes left */
-               "cmpq " RING_OFF_RECORD_SIZE "(%[s]), %[i]\n\t"
-               "jae 83f\n\t"
-               "movzbl (%[from], %[i]), %%eax\n\t"
-               "movb %%al, (%[a], %[i])\n\t"
-               "incq %[i]\n\t"
-               "jmp 82b\n\t"
-               "83:\n\t"
+               RING_ASM_SLOT_
+               RING_ASM_COPY_RECORD_("from")
                "addq " RING_OFF_RECORD_SIZE "(%[s]), %[from]\n\t"
                "incq %[p]\n\t"
                "cmpq %[k], %[p]\n\t"
