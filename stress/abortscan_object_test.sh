@@ -102,5 +102,20 @@ check "a command that is not deterministic: exit 2 (got $rc)" test "$rc" -eq 2
 check "a command that is not deterministic: refused with the reason" \
   grep -q 'refused: the command is not deterministic without perturbation' "$out/nondet.txt"
 
+check "a command that is not deterministic: no two of 5 undisturbed runs agree" \
+  grep -q 'no two of 5 undisturbed runs agree' "$out/nondet.txt"
+
+# An undisturbed run that was disturbed (here: the first prints one line more, as a
+# broken section does when the kernel aborts it on its own): the next two agree, and
+# they are the baseline.
+rm -f "$out/once"
+"$scan" --object "$fixture" -- \
+  sh -c "[ -e '$out/once' ] || { touch '$out/once'; echo disturbed; }; exec '$fixture'" \
+  > "$out/once.txt" 2>&1
+rc=$?
+check "one disturbed undisturbed run: abortscan exits 0 (got $rc)" test "$rc" -eq 0
+check "one disturbed undisturbed run: says it took 3 runs for two to agree" \
+  grep -q '3 undisturbed runs before two agreed (runs 2 and 3)' "$out/once.txt"
+
 [ $fail -eq 0 ] && echo PASS
 exit $fail
