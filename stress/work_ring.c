@@ -1,7 +1,8 @@
 // work_ring: the workers produce into two per-CPU rings (items: pointers, committed
 // with the ring_offer section one at a time and with ring_offer_batch in runs of up to
 // four; records of 32 bytes, committed with ring_offer_record one at a time and with
-// ring_offer_record_batch in runs of up to four) and one consumer thread polls both. Checks, as it polls:
+// ring_offer_record_batch in runs of up to four) and one consumer thread polls both.
+// Checks, as it polls:
 //   - every item is a real one: producer in range, record checksum right (no torn copy);
 //   - each (producer, sequence number) is polled once, never twice;
 //   - per producer and shard, sequence numbers increase (FIFO while on one CPU).
@@ -102,6 +103,13 @@ static void setup(int nworkers) {
   CHECK(pthread_create(&consumer, NULL, consumer_main, NULL) == 0);
 }
 
+// Worker w's record with sequence number seq: a random value and its checksum.
+static struct record record_of(struct worker *w, uint64_t seq) {
+  struct record rec = {(uint64_t)w->id, seq, test_rand(&w->rng), 0};
+  rec.check = check_of(&rec);
+  return rec;
+}
+
 static void op(struct worker *w) {
   if (!w->priv) CHECK((w->priv = calloc(1, sizeof(struct producer))) != NULL);
   struct producer *p = w->priv;
@@ -114,8 +122,7 @@ static void op(struct worker *w) {
     full = r == RING_FULL;
     p->seq[0] += !full;
   } else if (which == 1) {
-    struct record rec = {(uint64_t)w->id, p->seq[1], test_rand(&w->rng), 0};
-    rec.check = check_of(&rec);
+    struct record rec = record_of(w, p->seq[1]);
     int r = ring_offer_record(rings[1], &rec);
     CHECK(r == RING_OK || r == RING_FULL, "record offer returned %d", r);
     full = r == RING_FULL;
@@ -125,10 +132,7 @@ static void op(struct worker *w) {
     // in order, each record whole.
     struct record recs[4];
     size_t n = 1 + test_rand(&w->rng) % 4;
-    for (size_t k = 0; k < n; k++) {
-      recs[k] = (struct record){(uint64_t)w->id, p->seq[1] + k, test_rand(&w->rng), 0};
-      recs[k].check = check_of(&recs[k]);
-    }
+    for (size_t k = 0; k < n; k++) recs[k] = record_of(w, p->seq[1] + k);
     size_t done = ring_offer_record_batch(rings[1], recs, n);
     CHECK(done <= n, "record batch offer of %zu returned %zu", n, done);
     p->seq[1] += done;
