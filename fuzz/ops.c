@@ -563,20 +563,19 @@ CHECK_LOOP static long first_difference(void *const *items, const uintptr_t *exp
   return k;
 }
 
-// Record rings: the record of position value v holds v in its first 8 bytes and a
-// pattern of v in the rest, so that a torn or shifted copy shows.
+// Record rings: the record of position value v holds v in its first 8 bytes and the
+// blocks' byte pattern seeded with v in the rest (every byte of it: records are far
+// shorter than the pattern's two edges), so that a torn or shifted copy shows.
 static const size_t ring_record_sizes[4] = {12, 21, 32, 64};
-CHECK_LOOP static void record_of(unsigned char *rec, size_t size, uintptr_t v) {
+static void record_of(unsigned char *rec, size_t size, uintptr_t v) {
   memcpy(rec, &v, sizeof v);
-  for (size_t b = sizeof v; b < size; b++) rec[b] = (unsigned char)(v * 31 + b);
+  pattern(rec + sizeof v, size - sizeof v, (uint8_t)v);
 }
 // The value of a polled record, or 0 (no position is 0 here) when it is not whole.
-CHECK_LOOP static uintptr_t record_value(const unsigned char *rec, size_t size) {
+static uintptr_t record_value(const unsigned char *rec, size_t size) {
   uintptr_t v;
   memcpy(&v, rec, sizeof v);
-  for (size_t b = sizeof v; b < size; b++)
-    if (rec[b] != (unsigned char)(v * 31 + b)) return 0;
-  return v;
+  return pattern_mismatch(rec + sizeof v, size - sizeof v, (uint8_t)v) < 0 ? v : 0;
 }
 
 static void run_ring(enum rseq_mode mode, enum rseq_index index, const struct op *ops, size_t n,
@@ -597,6 +596,7 @@ static void run_ring(enum rseq_mode mode, enum rseq_index index, const struct op
   int cpu = 0;
   rseq_fake_cpu_set(0);
   uintptr_t value = 1;
+  static unsigned char recs[12 * RING_RECORD_MAX];  // record rings: an op's records
   for (size_t i = 0; i < n && !r->failed; i++) {
     const struct op *op = &ops[i];
     int kind = op->kind % R_N;
@@ -608,7 +608,6 @@ static void run_ring(enum rseq_mode mode, enum rseq_index index, const struct op
       obs |= (uint64_t)cpu;
     } else if (kind == R_OFFER || kind == R_OFFER_BATCH) {
       void *items[12];
-      static unsigned char recs[12 * 64];
       for (int k = 0; k < count; k++) {
         items[k] = (void *)(value + (uintptr_t)k);
         if (rs) record_of(recs + (size_t)k * rs, rs, value + (uintptr_t)k);
@@ -625,7 +624,6 @@ static void run_ring(enum rseq_mode mode, enum rseq_index index, const struct op
       obs |= done;
     } else {
       void *items[12];
-      static unsigned char recs[12 * 64];
       long got;
       if (kind == R_POLL) {
         got = (rs ? ring_poll_record(ring, recs) : ring_poll(ring, &items[0])) == RING_OK;
