@@ -306,6 +306,9 @@ int main(int argc, char **argv) {
   if (js)
     fprintf(js, "{\"benchmark\": \"ring\", \"reps\": %d, \"ncpus\": %d, \"results\": [", reps,
             ncpus);
+  size_t slot[NKINDS][2];  // bytes per item in each implementation's slots: [kind][record]
+  for (int k = 0; k < NKINDS; k++)
+    for (int rec = 0; rec < 2; rec++) slot[k][rec] = slot_bytes((enum kind)k, rec);
   printf("| workload | items | batch | impl | min | median | max | unit | median vs cas | slot bytes "
          "| median Mlines/s |\n");
   printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
@@ -327,7 +330,7 @@ int main(int argc, char **argv) {
     for (int k = 0; k < NKINDS; k++) {
       // Speed-up over CAS: lower is better for ns, higher for throughput.
       double ratio = confs[c].pair ? med[KIND_CAS] / med[k] : med[k] / med[KIND_CAS];
-      size_t sb = slot_bytes((enum kind)k, confs[c].record);
+      size_t sb = slot[k][confs[c].record];
       // Lines handed from producers to the consumer: MPSC only (a pair stays on one core).
       double lines = confs[c].pair ? 0 : med[k] * (double)sb / 64 / 1e6;
       char lines_txt[32] = "-";
