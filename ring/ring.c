@@ -782,17 +782,24 @@ static inline size_t committed_from(const struct ring *r, struct ring_shard *s, 
 // Take n committed items from shard s, starting at its tail, into out (payload_size
 // each), and publish the new tail once. CAS: each slot is freed for the next lap with
 // its seq; RSEQ: the tail alone frees them (producers read it when their limit runs
-// out).
+// out). The mode and the payload kind are chosen once per run: an RSEQ pointer ring's
+// slots are bare pointers, copied with one masked load and store each.
 static inline void take(struct ring *r, struct ring_shard *s, uintptr_t t, size_t n,
                         unsigned char *out) {
-  for (size_t k = 0; k < n; k++) {
-    unsigned char *slot = slot_at(r, s->cslots, t + k);
-    if (r->record_size == 0)
-      ((void **)out)[k] = *(void **)(slot + r->payload_off);
-    else
-      memcpy(out + k * r->payload_size, slot + r->payload_off, r->payload_size);
-    // Release: we are done reading the payload before a producer may reuse the slot.
-    if (r->mode.mode == RSEQ_MODE_CAS) __atomic_store_n(SEQ(slot), t + k + r->capacity, __ATOMIC_RELEASE);
+  if (r->mode.mode != RSEQ_MODE_CAS && r->record_size == 0) {
+    void **slots = (void **)s->cslots, **items = (void **)out;
+    uintptr_t mask = r->mask;
+    for (size_t k = 0; k < n; k++) items[k] = slots[(t + k) & mask];
+  } else {
+    for (size_t k = 0; k < n; k++) {
+      unsigned char *slot = slot_at(r, s->cslots, t + k);
+      if (r->record_size == 0)
+        ((void **)out)[k] = *(void **)(slot + r->payload_off);
+      else
+        memcpy(out + k * r->payload_size, slot + r->payload_off, r->payload_size);
+      // Release: we are done reading the payload before a producer may reuse the slot.
+      if (r->mode.mode == RSEQ_MODE_CAS) __atomic_store_n(SEQ(slot), t + k + r->capacity, __ATOMIC_RELEASE);
+    }
   }
   // Release: pairs with the acquire of tail by the producers' limit refresh (RSEQ: our
   // reads of these slots are done before they are overwritten) and by the statistics.
@@ -867,14 +874,7 @@ int ring_poll_record(struct ring *r, void *record) {
 // RING_POLL_RUN_MIN items (a line of pointer slots): with a share of max / shards + 1
 // alone, a batch of 16 on a 16-CPU machine took 2 items per visit, and paid a head
 // read, a slot line and a tail publication for every 2 (see the README's 16-CPU table).
-//
-// `rseq_pointers` (a constant at each call): the ring is an RSEQ pointer ring, whose
-// slots are bare pointers: a visit copies its run with one indexed load and store per
-// item, with none of take()'s per-item choices of mode and payload kind.
-static inline __attribute__((always_inline)) long poll_batch_walk(struct ring *r,
-                                                                  unsigned char *out,
-                                                                  size_t max,
-                                                                  bool rseq_pointers) {
+static long poll_batch_into(struct ring *r, unsigned char *out, size_t max) {
   if (check_consumer(r) != 0) return -1;
   size_t got = 0;
   size_t chunk = max / (size_t)r->nshards + 1;
@@ -885,18 +885,9 @@ static inline __attribute__((always_inline)) long poll_batch_walk(struct ring *r
     struct ring_shard *s = &r->shards[c];
     uintptr_t t = s->ctail;  // ours alone
     size_t want = max - got < chunk ? max - got : chunk;
-    size_t n = rseq_pointers ? committed_rseq(s, t, want) : committed_from(r, s, t, want);
-    if (n && rseq_pointers) {
-      void **slots = (void **)s->cslots, **items = (void **)out + got;
-      uintptr_t mask = r->mask;
-      for (size_t k = 0; k < n; k++) items[k] = slots[(t + k) & mask];
-      s->ctail = t + n;
-      // Release: as take()'s publication of tail.
-      __atomic_store_n(&s->tail, t + n, __ATOMIC_RELEASE);
-    } else if (n) {
-      take(r, s, t, n, out + got * r->payload_size);
-    }
+    size_t n = committed_from(r, s, t, want);
     if (n) {
+      take(r, s, t, n, out + got * r->payload_size);
       got += n;
       idle = 0;
     } else {
@@ -908,13 +899,8 @@ static inline __attribute__((always_inline)) long poll_batch_walk(struct ring *r
   return (long)got;
 }
 
-static long poll_batch_into(struct ring *r, unsigned char *out, size_t max) {
-  return poll_batch_walk(r, out, max, false);
-}
-
 long ring_poll_batch(struct ring *r, void **items, size_t max) {
   if (r->record_size != 0) return wrong_kind();
-  if (r->mode.mode != RSEQ_MODE_CAS) return poll_batch_walk(r, (unsigned char *)items, max, true);
   return poll_batch_into(r, (unsigned char *)items, max);
 }
 
