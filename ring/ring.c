@@ -910,8 +910,7 @@ long ring_poll_record_batch(struct ring *r, void *records, size_t max) {
 }
 
 int ring_debug_plant_leftovers(struct ring *r, int shard, size_t n, uintptr_t value) {
-  if (r->mode.mode != RSEQ_MODE_RSEQ || r->record_size != 0 || shard < 0 ||
-      shard >= (int)r->nshards) {
+  if (r->mode.mode != RSEQ_MODE_RSEQ || shard < 0 || shard >= (int)r->nshards) {
     errno = EINVAL;
     return -1;
   }
@@ -925,9 +924,11 @@ int ring_debug_plant_leftovers(struct ring *r, int shard, size_t n, uintptr_t va
     return -1;
   }
   // What an aborted section leaves: its try-stores into the slots from the head on,
-  // and no commit.
+  // and no commit. A record gets the bytes of `value` over and over, record_size of them.
+  unsigned char rec[RING_RECORD_MAX];
+  for (size_t b = 0; b < r->payload_size; b++) rec[b] = (unsigned char)(value >> (8 * (b % 8)));
   for (size_t k = 0; k < n; k++)
-    memcpy(slot_at(r, s->slots, h + k) + r->payload_off, &value, sizeof value);
+    memcpy(slot_at(r, s->slots, h + k) + r->payload_off, rec, r->payload_size);
   return 0;
 }
 

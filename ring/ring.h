@@ -133,10 +133,12 @@ struct ring_stats {
 
 // TESTS ONLY (abortscan's workload, ring_test): writes the item `value` into the `n`
 // slots from the head of `shard` on, without moving the head: what an aborted section
-// leaves behind (its try-stores, and no commit). The sections that commit next write
-// over them; no planted item may ever be polled. Call it only while no producer
-// offers into that shard. 0, or -1 with errno EINVAL: not an RSEQ pointer ring, shard
-// out of range, or n + the items the shard holds + 1 over its capacity.
+// leaves behind (its try-stores, and no commit). On a record ring each planted record
+// is the 8 bytes of `value` (little-endian) repeated over its record_size bytes. The
+// sections that commit next write over them; no planted item may ever be polled. Call
+// it only while no producer offers into that shard. 0, or -1 with errno EINVAL: not an
+// RSEQ ring, shard out of range, or n + the items the shard holds + 1 over its
+// capacity.
 int ring_debug_plant_leftovers(struct ring *r, int shard, size_t n, uintptr_t value);
 
 // Per-shard counters (shard in [0, ring_shards)); -1 with errno EINVAL when out of range.

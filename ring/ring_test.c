@@ -379,6 +379,58 @@ static void test_leftovers(enum rseq_index index) {
   ring_destroy(r);
 }
 
+// The same for record rings: records planted the way an aborted ring_offer_record or
+// ring_offer_record_batch leaves them, then single and batch record offers over them,
+// across the wrap; every record polled is the one offered, whole.
+static void record_at(unsigned char *rec, size_t size, uintptr_t pos) {
+  for (size_t b = 0; b < size; b++) rec[b] = (unsigned char)(pos * 7 + b * 3 + 1);
+}
+
+static void test_record_leftovers(enum rseq_index index) {
+  static const size_t sizes[] = {12, 21, 32, 64};
+  const uintptr_t planted = 0xdeadbeefdead0000;
+  for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+    size_t size = sizes[si];
+    test_context("record leftovers index=%s record=%zu", rseq_index_name(index), size);
+    struct ring *r = make(RSEQ_MODE_RSEQ, index, 8, size, UINTPTR_MAX - 5);
+    rseq_fake_cpu_set(0);
+    unsigned char plant[RING_RECORD_MAX], in[3 * RING_RECORD_MAX], want[RING_RECORD_MAX],
+        out[2 * RING_RECORD_MAX];
+    for (size_t b = 0; b < size; b++) plant[b] = (unsigned char)(planted >> (8 * (b % 8)));
+    uintptr_t next = 1, polled = 1;
+    for (int round = 0; round < 12; round++) {
+      CHECK_EQ(ring_debug_plant_leftovers(r, 0, 1 + (size_t)round % 5, planted), 0);
+      size_t n = (size_t)round % 3 + 1;  // a single offer, a batch of 2, a batch of 3
+      for (size_t k = 0; k < n; k++) record_at(in + k * size, size, next + k);
+      size_t done = n == 1 ? (ring_offer_record(r, in) == RING_OK)
+                           : ring_offer_record_batch(r, in, n);
+      CHECK_EQ(done, n);
+      next += n;
+      // Single polls on even rounds, batch polls of 2 on odd ones.
+      for (;;) {
+        long got = round % 2 ? ring_poll_record_batch(r, out, 2)
+                             : (ring_poll_record(r, out) == RING_OK);
+        if (got <= 0) break;
+        for (long k = 0; k < got; k++, polled++) {
+          const unsigned char *o = out + (size_t)k * size;
+          CHECK(memcmp(o, plant, size) != 0, "round %d: a planted leftover was polled", round);
+          record_at(want, size, polled);
+          CHECK(memcmp(o, want, size) == 0, "round %d: record %lu polled wrong", round,
+                (unsigned long)polled);
+        }
+      }
+      CHECK_EQ(polled, next);
+    }
+    CHECK(ring_debug_plant_leftovers(r, 0, 8, planted) == -1 && errno == EINVAL, "too many");
+    ring_destroy(r);
+  }
+  struct ring_options o = {RSEQ_MODE_CAS, index, 21, 0};
+  struct ring *r = ring_create(8, &o);
+  CHECK(r && ring_debug_plant_leftovers(r, 0, 1, planted) == -1 && errno == EINVAL,
+        "CAS record ring");
+  ring_destroy(r);
+}
+
 // A model of the ring: one FIFO per shard and the round-robin cursor.
 #define MODEL_CAP 16
 #define MODEL_SHARDS 64
@@ -668,6 +720,7 @@ int main(int argc, char **argv) {
     if (modes[i].mode == RSEQ_MODE_RSEQ) {
       test_migration_mid_offer(modes[i].index);
       test_leftovers(modes[i].index);
+      test_record_leftovers(modes[i].index);
       for (int w = 0; w < 2; w++) {
         uintptr_t initial = w ? UINTPTR_MAX - 9 : 0;  // wraps mid-test
         test_limit_refresh(modes[i].index, initial, 0, false);

@@ -459,6 +459,40 @@ static void record_shape(unsigned char *rec, unsigned first) {
   for (int k = 0; k < 21; k++) rec[k] = (unsigned char)(first + (unsigned)k);
 }
 
+// leftovers() for the record sections: 21-byte records planted the way an aborted
+// ring_offer_record or ring_offer_record_batch leaves them (their bytes 00 00 ad de ...,
+// not a record_shape), then a record batch of one, a single record offer and a batch
+// of two go over them. Every record polled must be one offered, whole.
+static void record_leftovers(void) {
+  struct ring_options o = {RSEQ_MODE_RSEQ, idx, 21, 0};
+  struct ring *r = ring_create(16, &o);
+  EXPECT(r != NULL, "leftover record ring creation failed");
+  if (!r) return;
+  const uintptr_t planted = 0xdead0000dead0000;
+  int got = 0, want = 0;
+  for (int round = 0; round < 3; round++) {
+    EXPECT(ring_debug_plant_leftovers(r, cpu(), 4, planted) == 0, "planting record leftovers");
+    unsigned char recs[2][21], out[21];
+    for (int j = 0; j < 2; j++) record_shape(recs[j], (unsigned)(10 + (want + j) * 5));
+    size_t done = round == 0   ? ring_offer_record_batch(r, recs, 1)
+                  : round == 1 ? (ring_offer_record(r, recs[0]) == RING_OK)
+                               : ring_offer_record_batch(r, recs, 2);
+    EXPECT(done == (round == 2 ? 2u : 1u), "record leftover round %d: %zu offered", round, done);
+    want += (int)done;
+    while (ring_poll_record(r, out) == RING_OK) {
+      EXPECT(out[0] == (unsigned char)(10 + got * 5),
+             "record leftover round %d: record %d starts %u (planted: 0)", round, got, out[0]);
+      int torn = 0;
+      for (int k = 20; k > 0; k--)
+        if (out[k] != (unsigned char)(out[0] + k)) torn = k;
+      EXPECT(!torn, "record leftover round %d: record %d torn at byte %d", round, got, torn);
+      got++;
+    }
+  }
+  EXPECT(got == want, "leftover record ring: %d of %d records polled", got, want);
+  ring_destroy(r);
+}
+
 // The ring's actor: one offer into the ring in use, on the shard of the index it runs
 // on (the main thread's, abortscan checks): pointers ACTOR_ITEM + k, or 21-byte records 200 + k, 201 +
 // k, ... (the same "each byte one more than the first" shape the torn-record check
@@ -645,6 +679,7 @@ int main(int argc, char **argv) {
     allocator();
     ring();
     leftovers();
+    record_leftovers();
   }
   printf("WINDOW-ACTORS");
   for (size_t k = 0; k < sizeof window_sections / sizeof *window_sections; k++) printf(" %s", window_sections[k]);
