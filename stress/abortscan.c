@@ -565,8 +565,9 @@ int main(int argc, char **argv) {
       continue;
     }
     uint8_t code[4096];
-    size_t n = sec->len + 16 < sizeof code ? sec->len + 16 : sizeof code;
-    if (rseq_elf_read(&elf, sec->start, code, n) != 0) {
+    size_t n = rseq_elf_read_some(&elf, sec->start, code,
+                                  sec->len + 16 < sizeof code ? sec->len + 16 : sizeof code);
+    if (n <= sec->len) {
       printf("| %s | - | - | - | - | - | cannot read its code |\n", sec->name);
       bad++;
       continue;
@@ -575,8 +576,8 @@ int main(int argc, char **argv) {
     uint8_t handler[16];
     cs_insn *jmp;
     abort_target_off = 0;
-    if (rseq_elf_read(&elf, sec->abort_off, handler, sizeof handler) == 0 &&
-        cs_disasm(cs, handler, sizeof handler, sec->abort_off, 1, &jmp) == 1) {
+    size_t hn = rseq_elf_read_some(&elf, sec->abort_off, handler, sizeof handler);
+    if (hn > 0 && cs_disasm(cs, handler, hn, sec->abort_off, 1, &jmp) == 1) {
       if (!strcmp(jmp->mnemonic, "jmp")) abort_target_off = strtoull(jmp->op_str, NULL, 16);
       cs_free(jmp, 1);
     }

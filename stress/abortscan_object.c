@@ -594,14 +594,15 @@ static int scan(int argc, char **argv) {
       bad++;
       continue;
     }
-    size_t n = sec->post_commit_offset + 16;
+    // The section and the instruction at post_commit_ip, and the abort handler's first
+    // instruction: as many of the bytes asked for as the segment holds (either may be
+    // the last instruction of the object's text, as a librseq abort handler was).
+    size_t n = rseq_elf_read_some(&elf, sec->start, code, sec->post_commit_offset + 16);
     cs_insn *insn = NULL, *h = NULL;
-    size_t count = rseq_elf_read(&elf, sec->start, code, n) == 0
-                       ? cs_disasm(cs, code, n, sec->start, 0, &insn)
-                       : 0;
+    size_t count = n > sec->post_commit_offset ? cs_disasm(cs, code, n, sec->start, 0, &insn) : 0;
+    size_t hn = rseq_elf_read_some(&elf, sec->abort_ip, handler, sizeof handler);
     // Where one step from abort_ip lands: the instruction's successor, or its target.
-    if (rseq_elf_read(&elf, sec->abort_ip, handler, sizeof handler) == 0 &&
-        cs_disasm(cs, handler, sizeof handler, sec->abort_ip, 1, &h) == 1) {
+    if (hn > 0 && cs_disasm(cs, handler, hn, sec->abort_ip, 1, &h) == 1) {
       landing[s][0] = h->address + h->size;
       landing[s][1] = h->mnemonic[0] == 'j' || !strcmp(h->mnemonic, "call")
                           ? strtoull(h->op_str, NULL, 16)

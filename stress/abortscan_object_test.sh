@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # abortscan_object_test: abortscan --object on code we did not write (the sections of
 # stress/foreign/foreign_sections.S, in the selftest/librseq conventions):
-#   - the clean fixture, as a PIE (ET_DYN, tables filled in by relocations) and as a
-#     classic ET_EXEC: every instruction of every section reached, aborted, and the
-#     output identical; nothing fails;
+#   - the clean fixture, as a PIE (ET_DYN, tables filled in by relocations), as a
+#     classic ET_EXEC, and linked so that its last abort handler starts fewer than 16
+#     bytes before the end of the code segment (librseq's param_test, built with
+#     Debian's ld, has one there): every instruction of every section reached, aborted,
+#     and the output identical; nothing fails;
 #   - the broken twin: exit 1, the add section's side effect before the commit, the
 #     push section's commit-not-last and the pop section's unlisted exit flagged;
 #   - a failure that does not repeat on rerun is FLAKY, not FAIL (a natural abort in
@@ -12,7 +14,7 @@
 #     without the signature are named by address; an ELF with no tables exits 2 with a
 #     message; a command that is not deterministic is refused (exit 2).
 set -uo pipefail
-scan=$1 fixture=$2 nopie=$3 broken=$4 bad_table=$5
+scan=$1 fixture=$2 nopie=$3 broken=$4 bad_table=$5 end_of_segment=$6
 out=${TEST_UNDECLARED_OUTPUTS_DIR:-${TEST_TMPDIR:-/tmp}}
 fail=0
 check() {  # description, then a command that must succeed
@@ -21,7 +23,18 @@ check() {  # description, then a command that must succeed
   if "$@"; then echo "ok: $what"; else echo "FAIL: $what"; fail=1; fi
 }
 
-for bin in "$fixture" "$nopie"; do
+# The end-of-segment build's premise: its last abort handler (the 5-byte jump that ends
+# __rseq_failure) starts fewer than 16 bytes before the end of the executable segment
+# that holds it. Checked, so that a toolchain that lays it out otherwise is noticed
+# rather than passing for nothing.
+seg=($(readelf -lW "$end_of_segment" | awk '$1 == "LOAD" && $7 == "R" && $8 == "E" { print $3, $5 }'))
+sec=($(readelf -SW "$end_of_segment" | sed 's/^ *\[ *[0-9]*\]//' | awk '$1 == "__rseq_failure" { print $3, $5 }'))
+seg_end=$(( ${seg[0]:-0} + ${seg[1]:-0} ))
+fail_end=$(( 0x${sec[0]:-0} + 0x${sec[1]:-0} ))
+check "end-of-segment build: the last abort handler starts $(( seg_end - fail_end + 5 )) bytes before its segment ends (< 16)" \
+  test "${#seg[@]}" -eq 2 -a "${#sec[@]}" -eq 2 -a $(( seg_end - fail_end + 5 )) -lt 16 -a $(( seg_end - fail_end )) -ge 0
+
+for bin in "$fixture" "$nopie" "$end_of_segment"; do
   name=$(basename "$bin")
   "$scan" --object "$bin" --json "$out/$name.json" -- "$bin" > "$out/$name.txt" 2>&1
   rc=$?

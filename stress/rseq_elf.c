@@ -63,6 +63,17 @@ int rseq_elf_read(const struct rseq_elf *e, uint64_t vaddr, void *buf, size_t n)
   return -1;
 }
 
+size_t rseq_elf_read_some(const struct rseq_elf *e, uint64_t vaddr, void *buf, size_t max) {
+  for (int i = 0; i < ehdr(e)->e_phnum; i++) {
+    const Elf64_Phdr *p = phdr(e, i);
+    if (p->p_type != PT_LOAD || vaddr < p->p_vaddr || vaddr - p->p_vaddr >= p->p_filesz) continue;
+    uint64_t left = p->p_filesz - (vaddr - p->p_vaddr);
+    size_t n = left < max ? (size_t)left : max;
+    return rseq_elf_read(e, vaddr, buf, n) == 0 ? n : 0;
+  }
+  return 0;
+}
+
 bool rseq_elf_executable(const struct rseq_elf *e, uint64_t vaddr, size_t n) {
   for (int i = 0; i < ehdr(e)->e_phnum; i++) {
     const Elf64_Phdr *p = phdr(e, i);

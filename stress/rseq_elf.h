@@ -61,6 +61,11 @@ void rseq_elf_close(struct rseq_elf *e);
 // The file bytes of [vaddr, vaddr + n), which must lie in one PT_LOAD segment's file
 // image. 0 on success, -1 otherwise.
 int rseq_elf_read(const struct rseq_elf *e, uint64_t vaddr, void *buf, size_t n);
+// Up to `max` file bytes from vaddr on, stopping at the end of the PT_LOAD segment's
+// file image that holds vaddr: how many were copied (0: vaddr is in no segment). For
+// reading code to disassemble, which may end less than `max` bytes before the
+// segment does (an abort handler that is the last instruction of an object's text).
+size_t rseq_elf_read_some(const struct rseq_elf *e, uint64_t vaddr, void *buf, size_t max);
 // Whether [vaddr, vaddr + n) lies in an executable PT_LOAD segment.
 bool rseq_elf_executable(const struct rseq_elf *e, uint64_t vaddr, size_t n);
 // "function+0xoff" for the function symbol that holds vaddr, else "0x<vaddr>".

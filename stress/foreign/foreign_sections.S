@@ -22,6 +22,8 @@
  *                       the section, so an abort there pushes the node twice;
  *   foreign_list_pop    its exit to the empty-list path is missing from
  *                       __rseq_exit_point_array (its code is right).
+ * Built with -DFOREIGN_END_OF_SEGMENT (and linked with -z separate-code), the last
+ * abort handler lies within 16 bytes of the end of the code segment, as librseq's did.
  * Built with -DFOREIGN_BAD_TABLE, two more descriptors are wrong in the table itself:
  * one whose section lies in .data, one whose abort handler lacks the signature.
  */
@@ -139,6 +141,14 @@ foreign_list_pop:
 	ret
 	.size foreign_list_pop, . - foreign_list_pop
 	DESCRIPTOR(.Lpop_cs, .Lpop_start, .Lpop_post, .Lpop_abort)
+#ifdef FOREIGN_END_OF_SEGMENT
+	/* The last handler ends on a 4-byte boundary, so that ld puts .fini (4-aligned, 9
+	 * bytes, the last of the code segment with -z separate-code) right after it: the
+	 * handler's jump then starts 14 bytes before the segment ends. */
+	.pushsection __rseq_failure, "ax"
+	.balign 4, 0x90
+	.popsection
+#endif
 	ABORT_HANDLER(.Lpop_abort, .Lpop_aborted)
 #ifndef FOREIGN_BROKEN
 	.pushsection __rseq_exit_point_array, "aw"
