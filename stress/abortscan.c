@@ -595,8 +595,10 @@ int main(int argc, char **argv) {
     const char *shape = structure_problem(insn, count, sec);
     // And every branch out of the section, but to abort_ip, is a listed exit point.
     char exit_why[200];
-    if (!shape && abortscan_unlisted_exit(&elf, insn, count, sec->start, sec->start + sec->len,
-                                sec->abort_off, exit_why, sizeof exit_why))
+    // Our own sections list their exits directly: no teardown stubs followed.
+    if (!shape && abortscan_unlisted_exit(&elf, cs, false, insn, count, sec->start,
+                                          sec->start + sec->len, sec->abort_off, exit_why,
+                                          sizeof exit_why) == ABORTSCAN_EXIT_UNLISTED)
       shape = exit_why;
     if (shape) {
       printf("| %s | - | structure | - | - | - | FAIL: %s |\n", sec->name, shape);

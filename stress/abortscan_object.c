@@ -402,29 +402,76 @@ struct target {
   char text[112];
 };
 
-bool abortscan_unlisted_exit(const struct rseq_elf *e, const cs_insn *insn, size_t count,
-                             uint64_t start, uint64_t end, uint64_t abort_ip, char *why,
-                             size_t why_size) {
+static bool exit_listed(const struct rseq_elf *e, uint64_t start, uint64_t target) {
+  for (int x = 0; x < e->nexits; x++)
+    if (e->exits[x].start == start && e->exits[x].exit == target) return true;
+  return false;
+}
+
+// The direct jump's target, or 0 when the instruction is not `jmp <address>`.
+static uint64_t direct_jmp_target(const cs_insn *i) {
+  if (strcmp(i->mnemonic, "jmp")) return 0;
+  char *tail;
+  uint64_t target = strtoull(i->op_str, &tail, 16);
+  return *tail || tail == i->op_str ? 0 : target;
+}
+
+// Where the teardown stub at `at` jumps (see abortscan.h), or 0 when the code there is
+// not one; *n gets its length in instructions before the jump.
+static uint64_t stub_exit(const struct rseq_elf *e, csh cs, uint64_t at, size_t *n) {
+  static const char *const register_only[] = {"mov", "movzx", "movsx", "movsxd", "lea", "xor",
+                                              "and", "or", "add", "sub", "nop", "endbr64"};
+  uint8_t code[9 * 15];
+  size_t bytes = rseq_elf_read_some(e, at, code, sizeof code);
+  cs_insn *insn = NULL;
+  size_t count = bytes ? cs_disasm(cs, code, bytes, at, 9, &insn) : 0;
+  uint64_t exit = 0;
+  for (size_t k = 0; k < count; k++) {
+    if ((exit = direct_jmp_target(&insn[k]))) {
+      *n = k;
+      break;
+    }
+    bool allowed = false;
+    for (size_t a = 0; a < sizeof register_only / sizeof *register_only && !allowed; a++)
+      allowed = !strcmp(insn[k].mnemonic, register_only[a]);
+    if (!allowed || abortscan_writes_memory(&insn[k])) break;
+  }
+  if (insn) cs_free(insn, count);
+  return exit;
+}
+
+int abortscan_unlisted_exit(const struct rseq_elf *e, csh cs, bool follow_stubs,
+                            const cs_insn *insn, size_t count, uint64_t start, uint64_t end,
+                            uint64_t abort_ip, char *why, size_t why_size) {
   why[0] = 0;
+  int result = ABORTSCAN_EXIT_LISTED;
   for (size_t k = 0; k < count && insn[k].address < end; k++) {
     if (insn[k].mnemonic[0] != 'j' && strcmp(insn[k].mnemonic, "call")) continue;
     char *tail;
     uint64_t target = strtoull(insn[k].op_str, &tail, 16);
     if (*tail || tail == insn[k].op_str) continue;  // an indirect branch: not decidable
     if ((target >= start && target < end) || target == abort_ip) continue;
-    bool listed = false;
-    for (int x = 0; x < e->nexits && !listed; x++)
-      listed = e->exits[x].start == start && e->exits[x].exit == target;
-    if (!listed) {
-      snprintf(why, why_size,
-               "`%s %s` at +%lu leaves the section for %#lx, which __rseq_exit_point_array "
-               "does not list",
-               insn[k].mnemonic, insn[k].op_str, (unsigned long)(insn[k].address - start),
-               (unsigned long)target);
-      return true;
+    if (exit_listed(e, start, target)) continue;
+    size_t n = 0;
+    uint64_t via = follow_stubs && strcmp(insn[k].mnemonic, "call") ? stub_exit(e, cs, target, &n) : 0;
+    if (via && exit_listed(e, start, via)) {
+      if (result == ABORTSCAN_EXIT_LISTED)
+        snprintf(why, why_size,
+                 "`%s %s` at +%lu leaves for %#lx, a stub of %zu register-only instruction%s "
+                 "that jumps to the listed exit %#lx",
+                 insn[k].mnemonic, insn[k].op_str, (unsigned long)(insn[k].address - start),
+                 (unsigned long)target, n, n == 1 ? "" : "s", (unsigned long)via);
+      result = ABORTSCAN_EXIT_VIA_STUB;
+      continue;
     }
+    snprintf(why, why_size,
+             "`%s %s` at +%lu leaves the section for %#lx, which __rseq_exit_point_array "
+             "does not list",
+             insn[k].mnemonic, insn[k].op_str, (unsigned long)(insn[k].address - start),
+             (unsigned long)target);
+    return ABORTSCAN_EXIT_UNLISTED;
   }
-  return false;
+  return result;
 }
 
 static uint64_t (*landing)[2];  // per section: where one step from abort_ip lands
@@ -619,15 +666,17 @@ static int scan(int argc, char **argv) {
     }
     if (!landing[s][0]) shape = "cannot disassemble the abort handler";
     // Only a failure where the object has the exit table: the kernel does not need one.
-    char exit_problem[200];
-    abortscan_unlisted_exit(&elf, insn, count, sec->start, end, sec->abort_ip, exit_problem,
-                            sizeof exit_problem);
-    if (exit_problem[0] && elf.has_exit_table) {
+    char exit_problem[240];
+    int exits = abortscan_unlisted_exit(&elf, cs, true, insn, count, sec->start, end, sec->abort_ip,
+                                        exit_problem, sizeof exit_problem);
+    if (exits == ABORTSCAN_EXIT_UNLISTED && elf.has_exit_table) {
       printf("| %s | - | exit points | - | - | - | FAIL: %s |\n", sec->name, exit_problem);
       bad++;
-    } else if (exit_problem[0]) {
+    } else if (exits == ABORTSCAN_EXIT_UNLISTED) {
       printf("| %s | - | exit points | - | - | - | note (no exit-point table): %s |\n", sec->name,
              exit_problem);
+    } else if (exits == ABORTSCAN_EXIT_VIA_STUB && elf.has_exit_table) {
+      printf("| %s | - | exit points | - | - | - | note: %s |\n", sec->name, exit_problem);
     }
     if (shape) {  // reported; its instructions are still forced, to show the effect
       printf("| %s | - | structure | - | - | - | FAIL: %s |\n", sec->name, shape);

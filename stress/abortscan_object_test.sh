@@ -6,6 +6,9 @@
 #     bytes before the end of the code segment (librseq's param_test, built with
 #     Debian's ld, has one there): every instruction of every section reached, aborted,
 #     and the output identical; nothing fails;
+#   - an exit through a teardown stub (register moves, then a jump to the listed exit,
+#     as librseq's memcpy sections leave): passes, with a note naming the stub; the same
+#     stub with a store in it: the exit is unlisted (exit 1);
 #   - the broken twin: exit 1, the add section's side effect before the commit, the
 #     push section's commit-not-last and the pop section's unlisted exit flagged;
 #   - a failure that does not repeat on rerun is FLAKY, not FAIL (a natural abort in
@@ -14,7 +17,8 @@
 #     without the signature are named by address; an ELF with no tables exits 2 with a
 #     message; a command that is not deterministic is refused (exit 2).
 set -uo pipefail
-scan=$1 fixture=$2 nopie=$3 broken=$4 bad_table=$5 end_of_segment=$6
+scan=$1 fixture=$2 nopie=$3 broken=$4 bad_table=$5 end_of_segment=$6 exit_stub=$7
+exit_stub_store=$8
 out=${TEST_UNDECLARED_OUTPUTS_DIR:-${TEST_TMPDIR:-/tmp}}
 fail=0
 check() {  # description, then a command that must succeed
@@ -34,7 +38,7 @@ fail_end=$(( 0x${sec[0]:-0} + 0x${sec[1]:-0} ))
 check "end-of-segment build: the last abort handler starts $(( seg_end - fail_end + 5 )) bytes before its segment ends (< 16)" \
   test "${#seg[@]}" -eq 2 -a "${#sec[@]}" -eq 2 -a $(( seg_end - fail_end + 5 )) -lt 16 -a $(( seg_end - fail_end )) -ge 0
 
-for bin in "$fixture" "$nopie" "$end_of_segment"; do
+for bin in "$fixture" "$nopie" "$end_of_segment" "$exit_stub"; do
   name=$(basename "$bin")
   "$scan" --object "$bin" --json "$out/$name.json" -- "$bin" > "$out/$name.txt" 2>&1
   rc=$?
@@ -74,6 +78,19 @@ check "a failure that does not repeat: FLAKY, not FAIL, in the table" \
 check "a failure that does not repeat: counted as flaky, not failed" \
   grep -qE ' 0 forced aborts passed, 0 failed, .*; 1 flaky \(failed once, passed on 2 reruns\)' "$out/flaky.txt"
 [ $fail -eq 0 ] || cat "$out/flaky.txt"
+
+name=$(basename "$exit_stub")
+check "$name: the exit through the stub is a note naming the stub and the listed exit" \
+  grep -qE '^\| foreign_list_pop\+0x[0-9a-f]+ \| - \| exit points \| - \| - \| - \| note: `je 0x[0-9a-f]+` at \+19 leaves for 0x[0-9a-f]+, a stub of 2 register-only instructions that jumps to the listed exit 0x[0-9a-f]+ \|$' "$out/$name.txt"
+name=$(basename "$exit_stub_store")
+"$scan" --object "$exit_stub_store" -- "$exit_stub_store" > "$out/$name.txt" 2>&1
+rc=$?
+check "$name: a stub that stores is no teardown stub: exit 1 (got $rc)" test "$rc" -eq 1
+check "$name: ... the exit is flagged unlisted" \
+  grep -qE '^\| foreign_list_pop\+0x[0-9a-f]+ \| - \| exit points .*FAIL: `je 0x[0-9a-f]+` at \+19 leaves the section for 0x[0-9a-f]+, which __rseq_exit_point_array does not list' "$out/$name.txt"
+check "$name: ... and nothing else fails" \
+  grep -qE ' 23 forced aborts passed, 0 failed, 0 not reached' "$out/$name.txt"
+[ $fail -eq 0 ] || cat "$out/$name.txt"
 
 name=$(basename "$broken")
 "$scan" --object "$broken" -- "$broken" > "$out/$name.txt" 2>&1

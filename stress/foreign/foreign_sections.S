@@ -22,6 +22,11 @@
  *                       the section, so an abort there pushes the node twice;
  *   foreign_list_pop    its exit to the empty-list path is missing from
  *                       __rseq_exit_point_array (its code is right).
+ * Built with -DFOREIGN_EXIT_STUB, the pop section leaves for its empty-list exit
+ * through a stub in __rseq_failure (two register moves, then the jump to the exit the
+ * table lists), the way librseq's memcpy sections restore their registers; with
+ * -DFOREIGN_EXIT_STUB=2 the stub also stores to memory, so it is no teardown stub and
+ * the exit is unlisted.
  * Built with -DFOREIGN_END_OF_SEGMENT (and linked with -z separate-code), the last
  * abort handler lies within 16 bytes of the end of the code segment, as librseq's did.
  * Built with -DFOREIGN_BAD_TABLE, two more descriptors are wrong in the table itself:
@@ -127,7 +132,11 @@ foreign_list_pop:
 	movslq %ecx, %rax
 	movq (%rsi,%rax,8), %r8
 	testq %r8, %r8
+#ifdef FOREIGN_EXIT_STUB
+	jz .Lpop_empty_stub                  /* through a teardown stub, as librseq's memcpy */
+#else
 	jz .Lpop_empty
+#endif
 	movq (%r8), %r9
 	movq %r9, (%rsi,%rax,8)              /* commit */
 .Lpop_post:
@@ -141,6 +150,19 @@ foreign_list_pop:
 	ret
 	.size foreign_list_pop, . - foreign_list_pop
 	DESCRIPTOR(.Lpop_cs, .Lpop_start, .Lpop_post, .Lpop_abort)
+#ifdef FOREIGN_EXIT_STUB
+	/* The stub: register moves only, then the jump to the exit the table lists. With
+	 * FOREIGN_EXIT_STUB=2 it also stores to memory, and is no teardown stub. */
+	.pushsection __rseq_failure, "ax"
+.Lpop_empty_stub:
+	movq %rsi, %r10
+	leaq 8(%r10), %r10
+#if FOREIGN_EXIT_STUB == 2
+	movq %r10, foreign_stub_scratch(%rip)
+#endif
+	jmp .Lpop_empty
+	.popsection
+#endif
 #ifdef FOREIGN_END_OF_SEGMENT
 	/* The last handler ends on a 4-byte boundary, so that ld puts .fini (4-aligned, 9
 	 * bytes, the last of the code segment with -z separate-code) right after it: the
@@ -184,6 +206,13 @@ foreign_unsigned:
 	.size foreign_unsigned, . - foreign_unsigned
 	DESCRIPTOR(.Lbad_cs1, .Lbad_data_start, .Lbad_data_post, .Ladd_abort)
 	DESCRIPTOR(.Lbad_cs2, .Lunsigned_start, .Lunsigned_post, .Lunsigned_abort)
+#endif
+
+#if defined(FOREIGN_EXIT_STUB) && FOREIGN_EXIT_STUB == 2
+	.bss
+	.balign 8
+foreign_stub_scratch:
+	.quad 0
 #endif
 
 	.section .note.GNU-stack, "", @progbits
