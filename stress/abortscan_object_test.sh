@@ -21,6 +21,11 @@ scan=$1 fixture=$2 nopie=$3 broken=$4 bad_table=$5 end_of_segment=$6 exit_stub=$
 exit_stub_store=$8
 out=${TEST_UNDECLARED_OUTPUTS_DIR:-${TEST_TMPDIR:-/tmp}}
 fail=0
+scan_fixture() {  # BINARY: abortscan --object on it, undisturbed; sets name and rc
+  name=$(basename "$1")
+  "$scan" --object "$1" -- "$1" > "$out/$name.txt" 2>&1
+  rc=$?
+}
 check() {  # description, then a command that must succeed
   local what=$1
   shift
@@ -82,9 +87,7 @@ check "a failure that does not repeat: counted as flaky, not failed" \
 name=$(basename "$exit_stub")
 check "$name: the exit through the stub is a note naming the stub and the listed exit" \
   grep -qE '^\| foreign_list_pop\+0x[0-9a-f]+ \| - \| exit points \| - \| - \| - \| note: `je 0x[0-9a-f]+` at \+19 leaves for 0x[0-9a-f]+, a stub of 2 register-only instructions that jumps to the listed exit 0x[0-9a-f]+ \|$' "$out/$name.txt"
-name=$(basename "$exit_stub_store")
-"$scan" --object "$exit_stub_store" -- "$exit_stub_store" > "$out/$name.txt" 2>&1
-rc=$?
+scan_fixture "$exit_stub_store"
 check "$name: a stub that stores is no teardown stub: exit 1 (got $rc)" test "$rc" -eq 1
 check "$name: ... the exit is flagged unlisted" \
   grep -qE '^\| foreign_list_pop\+0x[0-9a-f]+ \| - \| exit points .*FAIL: `je 0x[0-9a-f]+` at \+19 leaves the section for 0x[0-9a-f]+, which __rseq_exit_point_array does not list' "$out/$name.txt"
@@ -92,9 +95,7 @@ check "$name: ... and nothing else fails" \
   grep -qE ' 23 forced aborts passed, 0 failed, 0 not reached' "$out/$name.txt"
 [ $fail -eq 0 ] || cat "$out/$name.txt"
 
-name=$(basename "$broken")
-"$scan" --object "$broken" -- "$broken" > "$out/$name.txt" 2>&1
-rc=$?
+scan_fixture "$broken"
 check "broken twin: abortscan exits 1 (got $rc)" test "$rc" -eq 1
 check "broken twin: the side effect before the add's commit makes the output differ" \
   grep -qE '^\| foreign_percpu_add\+0x[0-9a-f]+ \| \+[0-9]+ \| `mov qword ptr \[rsi \+ rax\*8\], r8 \(commit\)` .* FAIL: stdout differs' "$out/$name.txt"
@@ -110,9 +111,7 @@ check "broken twin: ... but no forced abort fails in the pop section (its code i
   bash -c "! grep -E '^\| foreign_list_pop.* \| \+[0-9]+ \| .*FAIL' '$out/$name.txt'"
 [ $fail -eq 0 ] || cat "$out/$name.txt"
 
-name=$(basename "$bad_table")
-"$scan" --object "$bad_table" -- "$bad_table" > "$out/$name.txt" 2>&1
-rc=$?
+scan_fixture "$bad_table"
 check "bad tables: abortscan exits 1 (got $rc)" test "$rc" -eq 1
 check "bad tables: a section outside any executable segment is named by address" \
   grep -qE 'FAIL: descriptor at 0x[0-9a-f]+: \[start_ip 0x[0-9a-f]+, \+16\) is outside any executable segment' "$out/$name.txt"
