@@ -9,6 +9,8 @@
 #   - an exit through a teardown stub (register moves, then a jump to the listed exit,
 #     as librseq's memcpy sections leave): passes, with a note naming the stub; the same
 #     stub with a store in it: the exit is unlisted (exit 1);
+#   - a section without its CPU compare: every forced abort passes (exit 0), and it is
+#     noted as comparing no cpu_id/mm_cid field (no clean fixture is noted);
 #   - the broken twin: exit 1, the add section's side effect before the commit, the
 #     push section's commit-not-last and the pop section's unlisted exit flagged;
 #   - a failure that does not repeat on rerun is FLAKY, not FAIL (a natural abort in
@@ -18,7 +20,7 @@
 #     message; a command that is not deterministic is refused (exit 2).
 set -uo pipefail
 scan=$1 fixture=$2 nopie=$3 broken=$4 bad_table=$5 end_of_segment=$6 exit_stub=$7
-exit_stub_store=$8
+exit_stub_store=$8 no_cpu_compare=$9
 out=${TEST_UNDECLARED_OUTPUTS_DIR:-${TEST_TMPDIR:-/tmp}}
 fail=0
 scan_fixture() {  # BINARY: abortscan --object on it, undisturbed; sets name and rc
@@ -61,8 +63,19 @@ for bin in "$fixture" "$nopie" "$end_of_segment" "$exit_stub"; do
   check "$name: every instruction point passed ($n of 23)" test "$n" -eq 23
   check "$name: the post-commit points did not abort" \
     test "$(grep -c '(post-commit)` | yes | no | yes | ok |' "$out/$name.txt")" -eq 3
+  check "$name: no section is noted for a missing CPU compare" \
+    bash -c "! grep -q '| CPU compare |' '$out/$name.txt'"
   [ $fail -eq 0 ] || cat "$out/$name.txt"
 done
+
+# A section that never compares its CPU passes every forced abort (one thread, no
+# migration): abortscan can only note that it finds no compare.
+scan_fixture "$no_cpu_compare"
+check "$name: every forced abort passes: exit 0 (got $rc)" test "$rc" -eq 0
+check "$name: ... and the add section is noted for its missing CPU compare" \
+  grep -qE '^\| foreign_percpu_add\+0x[0-9a-f]+ \| - \| CPU compare \| - \| - \| - \| note: no 32-bit compare' "$out/$name.txt"
+check "$name: ... and only it" test "$(grep -c '| CPU compare |' "$out/$name.txt")" -eq 1
+[ $fail -eq 0 ] || cat "$out/$name.txt"
 
 "$scan" --object "$fixture" --max-runs 5 --seed 3 -- "$fixture" > "$out/sampled.txt" 2>&1
 rc=$?

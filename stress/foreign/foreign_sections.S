@@ -22,6 +22,9 @@
  *                       the section, so an abort there pushes the node twice;
  *   foreign_list_pop    its exit to the empty-list path is missing from
  *                       __rseq_exit_point_array (its code is right).
+ * Built with -DFOREIGN_NO_CPU_COMPARE, foreign_percpu_add never compares its CPU: right
+ * on one thread (every forced abort passes), wrong when a thread migrates between its
+ * CPU read and the section; abortscan notes that it finds no compare.
  * Built with -DFOREIGN_EXIT_STUB, the pop section leaves for its empty-list exit
  * through a stub in __rseq_failure (two register moves, then the jump to the exit the
  * table lists), the way librseq's memcpy sections restore their registers; with
@@ -69,8 +72,12 @@ foreign_percpu_add:
 	leaq .Ladd_cs(%rip), %rax
 	movq %rax, RSEQ_CS(%rdi)
 .Ladd_start:
+#ifndef FOREIGN_NO_CPU_COMPARE
 	cmpl %ecx, RSEQ_CPU_ID(%rdi)
 	jnz .Ladd_abort
+#else
+	nop                                  /* BROKEN: the CPU is never compared */
+#endif
 	movslq %ecx, %rax
 	movq (%rsi,%rax,8), %r8
 	addq %rdx, %r8
