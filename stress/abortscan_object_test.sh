@@ -73,7 +73,7 @@ done
 scan_fixture "$no_cpu_compare"
 check "$name: every forced abort passes: exit 0 (got $rc)" test "$rc" -eq 0
 check "$name: ... and the add section is noted for its missing CPU compare" \
-  grep -qE '^\| foreign_percpu_add\+0x[0-9a-f]+ \| - \| CPU compare \| - \| - \| - \| note: no 32-bit compare' "$out/$name.txt"
+  grep -qE '^\| foreign_percpu_add\+0x[0-9a-f]+ \| - \| CPU compare \| - \| - \| - \| note: no compare of a 32-bit field in memory' "$out/$name.txt"
 check "$name: ... and only it" test "$(grep -c '| CPU compare |' "$out/$name.txt")" -eq 1
 [ $fail -eq 0 ] || cat "$out/$name.txt"
 
