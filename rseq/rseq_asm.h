@@ -15,7 +15,16 @@
 #define RSEQ_STR(x) RSEQ_STR_(x)
 
 // Labels inside each asm statement: 1 start_ip, 2 post_commit_ip, 3 descriptor,
-// 4 abort_ip, 5 name string; 6n/7n injection point n; 8x memcpy loops.
+// 4 abort_ip, 5 name string; 6n/7n injection point n; 8x memcpy loops; 9 the table
+// entry that the code keeps alive (below).
+
+// Keeps the table entry just defined (label 9) for as long as the code that holds the
+// asm statement is linked: an R_X86_64_NONE relocation from the code to it, which
+// changes no byte. Nothing else refers to __rseq_cs_ptr_array, rseq_registry or
+// __rseq_exit_point_array, so a link with --gc-sections (Bazel's -c opt does) dropped
+// them: until 2026-12-04 the -c opt libccache_malloc.so had no __rseq_cs_ptr_array,
+// no registry and no exit points, and abortscan --object refused it.
+#define RSEQ_ASM_KEEP_ENTRY_ ".reloc ., R_X86_64_NONE, 9b\n\t"
 
 // The descriptor, its pointer, the registry entry and the section's name.
 #define RSEQ_ASM_DEFINE_TABLE(name)                                   \
@@ -27,12 +36,14 @@
   ".popsection\n\t"                                                   \
   ".pushsection __rseq_cs_ptr_array, \"aw\"\n\t"                      \
   ".balign 8\n\t"                                                     \
-  ".quad 3b\n\t"                                                      \
+  "9: .quad 3b\n\t"                                                   \
   ".popsection\n\t"                                                   \
+  RSEQ_ASM_KEEP_ENTRY_                                                \
   ".pushsection rseq_registry, \"aw\"\n\t"                            \
   ".balign 8\n\t"                                                     \
-  ".quad 3b, 5f, %c[id]\n\t"                                          \
+  "9: .quad 3b, 5f, %c[id]\n\t"                                       \
   ".popsection\n\t"                                                   \
+  RSEQ_ASM_KEEP_ENTRY_                                                \
   ".pushsection .rodata.rseq_names, \"a\"\n\t"                        \
   "5: .asciz \"" name "\"\n\t"                                        \
   ".popsection\n\t"
@@ -42,8 +53,9 @@
 #define RSEQ_ASM_DEFINE_EXIT_POINT(start, exit_label)  \
   ".pushsection __rseq_exit_point_array, \"aw\"\n\t"   \
   ".balign 8\n\t"                                      \
-  ".quad " start ", %l[" #exit_label "]\n\t"           \
-  ".popsection\n\t"
+  "9: .quad " start ", %l[" #exit_label "]\n\t"        \
+  ".popsection\n\t"                                    \
+  RSEQ_ASM_KEEP_ENTRY_
 
 // Arm the section (rseq_cs = &descriptor; before start_ip, so not part of it), then
 // start it with the CPU comparison.
