@@ -408,12 +408,17 @@ static bool exit_listed(const struct rseq_elf *e, uint64_t start, uint64_t targe
   return false;
 }
 
-// The direct jump's target, or 0 when the instruction is not `jmp <address>`.
-static uint64_t direct_jmp_target(const cs_insn *i) {
-  if (strcmp(i->mnemonic, "jmp")) return 0;
+// A branch's target when its operand is an address, or 0 (an indirect branch: a
+// register or memory operand, whose target cannot be read from the code).
+static uint64_t direct_target(const cs_insn *i) {
   char *tail;
   uint64_t target = strtoull(i->op_str, &tail, 16);
   return *tail || tail == i->op_str ? 0 : target;
+}
+
+// The direct jump's target, or 0 when the instruction is not `jmp <address>`.
+static uint64_t direct_jmp_target(const cs_insn *i) {
+  return strcmp(i->mnemonic, "jmp") ? 0 : direct_target(i);
 }
 
 // Where the teardown stub at `at` jumps (see abortscan.h), or 0 when the code there is
@@ -447,9 +452,8 @@ int abortscan_unlisted_exit(const struct rseq_elf *e, csh cs, bool follow_stubs,
   int result = ABORTSCAN_EXIT_LISTED;
   for (size_t k = 0; k < count && insn[k].address < end; k++) {
     if (insn[k].mnemonic[0] != 'j' && strcmp(insn[k].mnemonic, "call")) continue;
-    char *tail;
-    uint64_t target = strtoull(insn[k].op_str, &tail, 16);
-    if (*tail || tail == insn[k].op_str) continue;  // an indirect branch: not decidable
+    uint64_t target = direct_target(&insn[k]);
+    if (!target) continue;  // an indirect branch: not decidable
     if ((target >= start && target < end) || target == abort_ip) continue;
     if (exit_listed(e, start, target)) continue;
     size_t n = 0;
