@@ -459,6 +459,14 @@ static void record_shape(unsigned char *rec, unsigned first) {
   for (int k = 0; k < 21; k++) rec[k] = (unsigned char)(first + (unsigned)k);
 }
 
+// The first byte of a polled 21-byte record that breaks record_shape's shape, or 0
+// when the record is whole.
+static int record_torn_at(const unsigned char *rec) {
+  for (int k = 1; k < 21; k++)
+    if (rec[k] != (unsigned char)(rec[0] + k)) return k;
+  return 0;
+}
+
 // leftovers() for the record sections: 21-byte records planted the way an aborted
 // ring_offer_record or ring_offer_record_batch leaves them (their bytes 00 00 ad de ...,
 // not a record_shape), then a record batch of one, a single record offer and a batch
@@ -482,9 +490,7 @@ static void record_leftovers(void) {
     while (ring_poll_record(r, out) == RING_OK) {
       EXPECT(out[0] == (unsigned char)(10 + got * 5),
              "record leftover round %d: record %d starts %u (planted: 0)", round, got, out[0]);
-      int torn = 0;
-      for (int k = 20; k > 0; k--)
-        if (out[k] != (unsigned char)(out[0] + k)) torn = k;
+      int torn = record_torn_at(out);
       EXPECT(!torn, "record leftover round %d: record %d torn at byte %d", round, got, torn);
       got++;
     }
@@ -555,7 +561,8 @@ static int drain_records(struct ring *r, const char *what) {
   int got = 0;
   long actor_got = 0;
   while (ring_poll_record(r, out) == RING_OK) {
-    for (int k = 1; k < 21; k++) EXPECT(out[k] == (unsigned char)(out[0] + k), "%s: record torn", what);
+    int torn = record_torn_at(out);
+    EXPECT(!torn, "%s: record torn at byte %d", what, torn);
     if (out[0] >= 200) actor_got++;
     else got++;
   }
@@ -643,7 +650,8 @@ static void ring(void) {
   got = 0;
   while (ring_poll_record(r, out) == RING_OK) {
     EXPECT(out[0] == (unsigned char)(100 + got * 10), "small ring: record %d is %u", got, out[0]);
-    for (int k = 1; k < 21; k++) EXPECT(out[k] == (unsigned char)(out[0] + k), "batched record torn");
+    int torn = record_torn_at(out);
+    EXPECT(!torn, "small ring: batched record %d torn at byte %d", got, torn);
     got++;
   }
   EXPECT(got == 4, "small record ring: %d of 4 records", got);
