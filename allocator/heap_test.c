@@ -434,6 +434,41 @@ static void test_large_spares(enum rseq_mode mode, enum rseq_index index) {
   check_consistent(h);
   printf("  large spares: %lu kept, %lu B\n", (unsigned long)st.large_spares,
          (unsigned long)st.large_spare_bytes);
+  // A mapping no request could take again is not kept: an over-aligned small block's
+  // (a spare serves only requests past CCACHE_MAX_SMALL that are not over-aligned). 40
+  // of them freed keep none, and do not crowd out the 1 MiB block freed after them.
+  ccache_trim(h);
+  void *small[40];
+  for (int i = 0; i < 40; i++) {
+    small[i] = ccache_aligned_alloc(h, 16384, 100 + (size_t)i * 400);
+    CHECK(small[i] && ((uintptr_t)small[i] & 16383) == 0, "aligned_alloc(16384, %zu) = %p",
+          100 + (size_t)i * 400, small[i]);
+  }
+  for (int i = 0; i < 40; i++) ccache_free(h, small[i]);
+  ccache_get_stats(h, &st);
+  CHECK(st.large_spares == 0 && st.large_spare_bytes == 0,
+        "40 over-aligned blocks of 100 B to 16 KB freed: %lu spares, %lu B kept (want none: no "
+        "request could reuse them)", (unsigned long)st.large_spares,
+        (unsigned long)st.large_spare_bytes);
+  void *m = ccache_malloc(h, 1 << 20);
+  CHECK(m != NULL);
+  ccache_free(h, m);
+  ccache_get_stats(h, &st);
+  CHECK(st.large_spares == 1 && st.large_spare_bytes == (1u << 20),
+        "a 1 MiB block freed after them: %lu spares, %lu B kept (want it)",
+        (unsigned long)st.large_spares, (unsigned long)st.large_spare_bytes);
+  // The smallest mapping kept: that of the smallest request a spare can serve.
+  ccache_trim(h);
+  size_t least = CCACHE_MAX_SMALL + 1;
+  void *l = ccache_malloc(h, least);
+  CHECK(l != NULL);
+  ccache_free(h, l);
+  ccache_get_stats(h, &st);
+  CHECK(st.large_spares == 1, "malloc(%zu) freed: %lu spares (want 1)", least,
+        (unsigned long)st.large_spares);
+  CHECK(ccache_malloc(h, least) == l, "malloc(%zu) did not get its spare back", least);
+  ccache_free(h, l);
+  check_consistent(h);
   ccache_heap_destroy(h);
 }
 
