@@ -41,9 +41,10 @@ void test_fail(const char *file, int line, const char *cond, const char *fmt, ..
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
+  const char *m = msg[0] == ' ' ? msg + 1 : msg;  // CHECK's leading space (testing.h)
   fflush(stdout);
   fprintf(stderr, "FAIL %s:%d: %s%s%s\n  context: %s\n  command: %s\n", file, line, cond,
-          msg[0] ? ": " : "", msg, context[0] ? context : "(none)", command_line);
+          m[0] ? ": " : "", m, context[0] ? context : "(none)", command_line);
   exit(1);
 }
 
