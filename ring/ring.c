@@ -282,8 +282,8 @@ static size_t cas_offer(struct ring *r, const unsigned char *payloads, size_t n)
 // writes is visible before its commit, and an abort leaves head where it was: the
 // retry (on this CPU or another) writes those slots again or not at all. cmpfail
 // rereads the consumer's tail, stores limit = tail + capacity, and tells full from a
-// stale limit. Injection points (inject variant): 1 after the checks, 2 right before
-// the commit.
+// stale limit. Injection points (inject variant): 1 right after the checks (in a
+// batch section, before it takes the room it has from them), 2 right before the commit.
 //
 // Arguments: the thread's rseq area, its index field (&area->cpu_id or &area->mm_cid),
 // the index (for the counting hooks), `cpu` (the value the caller read from that
@@ -295,6 +295,11 @@ static size_t cas_offer(struct ring *r, const unsigned char *payloads, size_t n)
   struct rseq_abi *area, uint32_t *idx, enum rseq_index index, int cpu, struct ring_shard *s
 // Arm, compare the CPU, load the head into h; cmpfail unless h is below the limit.
 // Positions are free-running: the comparison is of the signed difference (they wrap).
+// rax is left holding h - limit (negative): the batch sections take the room they
+// have from it. The limit is loaded once per section: any thread may store a lower one
+// meanwhile (offer_refresh_limit), and a second load could see it below h, which made
+// limit - h a huge unsigned room, a run of n committed past the capacity, over unread
+// items (until 2026-12-04; found by review, shown by ring_test's stale-limit race).
 #define RING_ASM_START_(name)                                     \
   RSEQ_ASM_DEFINE_TABLE(name)                                     \
   RSEQ_ASM_DEFINE_EXIT_POINT("1f", cmpfail)                       \
@@ -402,13 +407,13 @@ static inline __attribute__((always_inline)) int offer_batch_section(RING_SECTIO
   unsigned long h, a, b, k, p;
   rseq_section_enter_(id, index, cpu, &s->head);
   __asm__ __volatile__ goto(RING_ASM_START_("ring_offer_batch")
-               "movq " RING_OFF_LIMIT "(%[s]), %[k]\n\t"     /* k = min(n, limit - h) */
-               "subq %[h], %[k]\n\t"
+               RSEQ_INJECT_ASM(1)
+               "movq %%rax, %[k]\n\t"  /* k = min(n, limit - h): h - limit is in rax */
+               "negq %[k]\n\t"
                "cmpq %[n], %[k]\n\t"
                "jbe 84f\n\t"
                "movq %[n], %[k]\n\t"
                "84:\n\t"
-               RSEQ_INJECT_ASM(1)
                "movq " RING_OFF_SLOTS "(%[s]), %[a]\n\t"
                "xorl %k[p], %k[p]\n\t"
                "85:\n\t"                                       /* slots h .. h+k-1 */
@@ -445,13 +450,13 @@ static inline __attribute__((always_inline)) int offer_record_batch_section(
   const unsigned char *from = src;
   rseq_section_enter_(id, index, cpu, &s->head);
   __asm__ __volatile__ goto(RING_ASM_START_("ring_offer_record_batch")
-               "movq " RING_OFF_LIMIT "(%[s]), %%rax\n\t"  /* k = min(n, limit - h) */
-               "subq %[h], %%rax\n\t"
+               RSEQ_INJECT_ASM(1)
+               /* k = min(n, limit - h): h - limit is in rax, from the check */
+               "negq %%rax\n\t"
                "cmpq %[k], %%rax\n\t"
                "jae 84f\n\t"
                "movq %%rax, %[k]\n\t"
                "84:\n\t"
-               RSEQ_INJECT_ASM(1)
                "xorl %k[p], %k[p]\n\t"
                "86:\n\t"                                       /* record p into slot h+p */
                "leaq (%[h], %[p]), %[a]\n\t"
@@ -929,6 +934,24 @@ int ring_debug_plant_leftovers(struct ring *r, int shard, size_t n, uintptr_t va
   for (size_t b = 0; b < r->payload_size; b++) rec[b] = (unsigned char)(value >> (8 * (b % 8)));
   for (size_t k = 0; k < n; k++)
     memcpy(slot_at(r, s->slots, h + k) + r->payload_off, rec, r->payload_size);
+  return 0;
+}
+
+int ring_debug_store_stale_limit(struct ring *r, int shard, uint64_t polled_before) {
+  if (r->mode.mode != RSEQ_MODE_RSEQ || shard < 0 || shard >= (int)r->nshards) {
+    errno = EINVAL;
+    return -1;
+  }
+  struct ring_shard *s = &r->shards[shard];
+  uintptr_t stale = r->initial + (uintptr_t)polled_before;
+  // Acquire: pairs with the consumer's release of tail, as offer_refresh_limit's load.
+  uintptr_t t = __atomic_load_n(&s->tail, __ATOMIC_ACQUIRE);
+  if ((intptr_t)(t - stale) < 0) {  // not a tail the consumer ever published
+    errno = EINVAL;
+    return -1;
+  }
+  // Relaxed: as offer_refresh_limit's store, delayed after its load of tail.
+  __atomic_store_n(&s->limit, stale + r->capacity, __ATOMIC_RELAXED);
   return 0;
 }
 

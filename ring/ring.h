@@ -141,6 +141,14 @@ struct ring_stats {
 // capacity.
 int ring_debug_plant_leftovers(struct ring *r, int shard, size_t n, uintptr_t value);
 
+// TESTS ONLY (ring/stale_limit_test): stores the limit that offer_refresh_limit stores
+// when it read the shard's tail at the moment its `polled` count (ring_cpu_stats) was
+// `polled_before`, and was delayed until now before its store: what any thread that
+// refreshes a limit may do, on any CPU, at any time. Producers must then never commit
+// past the capacity. 0, or -1 with errno EINVAL: not an RSEQ ring, shard out of range,
+// or polled_before ahead of the shard's polled count.
+int ring_debug_store_stale_limit(struct ring *r, int shard, uint64_t polled_before);
+
 // Per-shard counters (shard in [0, ring_shards)); -1 with errno EINVAL when out of range.
 int ring_cpu_stats(const struct ring *r, int shard, struct ring_cpu_stats *out);
 void ring_stats(const struct ring *r, struct ring_stats *out);
