@@ -299,7 +299,7 @@ static size_t cas_offer(struct ring *r, const unsigned char *payloads, size_t n)
 // have from it. The limit is loaded once per section: any thread may store a lower one
 // meanwhile (offer_refresh_limit), and a second load could see it below h, which made
 // limit - h a huge unsigned room, a run of n committed past the capacity, over unread
-// items (until 2026-12-04; found by review, shown by ring_test's stale-limit race).
+// items (until 2026-12-04; found by review, shown by //ring:stale_limit_test).
 #define RING_ASM_START_(name)                                     \
   RSEQ_ASM_DEFINE_TABLE(name)                                     \
   RSEQ_ASM_DEFINE_EXIT_POINT("1f", cmpfail)                       \

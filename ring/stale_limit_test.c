@@ -38,8 +38,8 @@ static struct ring *ring;
 static bool records;
 static int producer_cpu;
 static _Atomic int stop;         // relaxed: a stop request
-static _Atomic long offered;     // release/acquire: published once, after the last offer
-static _Atomic int producer_done;
+static _Atomic long offered;     // relaxed: published once, before producer_done's release
+static _Atomic int producer_done;  // release/acquire: `offered` and the offers are final
 
 // Item k: the pointer k + 1, or a record of k's 8 bytes and a pattern seeded by k.
 static void record_of(unsigned char *rec, long k) {
@@ -91,7 +91,7 @@ static void run(enum rseq_index index, bool recs, double seconds, uint32_t loops
   uint64_t max_held = 0;
   double end = test_now_s() + seconds;
   bool done = false;
-  for (unsigned long iter = 0;; iter++) {
+  for (;;) {
     void *items[BATCH];
     unsigned char recs_out[BATCH * REC];
     long got = recs ? ring_poll_record_batch(ring, recs_out, BATCH) : ring_poll_batch(ring, items, BATCH);
