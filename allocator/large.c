@@ -59,6 +59,10 @@ void large_destroy(struct ccache_heap *heap) {
 }
 
 static struct large_entry *find(struct ccache_heap *heap, uintptr_t addr) {
+  // EMPTY and TOMB are slot markers, never a block's address: a tombstone keeps its
+  // freed block's sizes, and free((void *)1) once found it, and freed that mapping
+  // again (until 2026-12-04; found by review).
+  if (addr <= TOMB) return NULL;
   for (size_t i = hash(addr, heap->large_cap), n = 0; n < heap->large_cap;
        i = (i + 1) & (heap->large_cap - 1), n++) {
     struct large_entry *e = &heap->large[i];

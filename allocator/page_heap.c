@@ -325,6 +325,13 @@ void page_heap_release_all(struct ccache_heap *heap) {
   for (struct span *run = todo, *next; run; run = next) {
     next = run->meta_next;
     run_remove(heap, run);
+    // Its boundary pages stop naming it before it merges (as page_heap_free_small's span
+    // pages do): else a merge leaves them inner pages that still point at this run, and
+    // at freed metadata once it merges into another (until 2026-12-04 ccache_trim twice
+    // made ccache_check_heap fail, "inner page maps to"; found by review).
+    size_t first = page_of(heap, run->start);
+    set_page(heap, first, NULL);
+    set_page(heap, first + run->npages - 1, NULL);
     release_pages(heap, run->start, run->npages);
     run->released = true;
     coalesce(heap, run, false, true);
