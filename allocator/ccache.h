@@ -139,6 +139,9 @@ int ccache_check_heap(struct ccache_heap *heap);
 // Tests: make the next n OS mappings (commits, large blocks, metadata) fail as if
 // the OS refused memory. Process-wide.
 void ccache_test_fail_next_os_maps(long n);
+// Tests: the next heap's reservation starts one 4 KiB page past a 2 MiB boundary before
+// the heap aligns it, as kernels before 6.7 could place it. Process-wide, one use.
+void ccache_test_misalign_next_reservation(void);
 
 // The process-wide heap (the malloc replacement's), created on first use.
 struct ccache_heap *ccache_process_heap(void);

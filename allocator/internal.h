@@ -87,6 +87,8 @@
 
 #define PAGE_SHIFT 13
 #define PAGE_SIZE ((size_t)1 << PAGE_SHIFT)
+// The heap reservation's alignment (init.c): a huge page, a multiple of PAGE_SIZE.
+#define HEAP_BASE_ALIGN ((size_t)2 << 20)
 #define CHUNK_SIZE ((size_t)2 << 20)  // commit granularity
 #define CACHELINE 64
 
@@ -307,6 +309,9 @@ __attribute__((always_inline)) static inline int block_class(const struct ccache
 
 // os.c
 void *os_reserve(size_t bytes);
+// A PROT_NONE reservation whose start is a multiple of `align` (a power of two, at
+// least 4096): mmap promises only the OS page. NULL when the OS refuses.
+void *os_reserve_aligned(size_t bytes, size_t align);
 int os_commit(void *addr, size_t bytes);
 void os_release(void *addr, size_t bytes);  // madvise(DONTNEED): contents become zero
 void *os_map(size_t bytes);
