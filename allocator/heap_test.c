@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "allocator/ccache.h"
 #include "allocator/internal.h"  // test_marker_addresses plants a tombstone
@@ -649,6 +650,32 @@ static void test_misaligned_reservation(enum rseq_mode mode, enum rseq_index ind
   ccache_heap_destroy(h);
 }
 
+// calloc of a reused large spare whose pages are locked (mlock): the OS refuses to
+// drop them, so their old bytes must be cleared another way.
+static void test_calloc_locked_spare(enum rseq_mode mode, enum rseq_index index) {
+  struct ccache_heap *h = make(mode, index);
+  size_t n = 1 << 20;
+  unsigned char *p = ccache_malloc(h, n);
+  CHECK(p != NULL);
+  if (mlock(p, n) != 0) {
+    printf("  calloc of a locked spare: SKIPPED (mlock of 1 MiB refused: errno %d; "
+           "RLIMIT_MEMLOCK)\n", errno);
+    ccache_free(h, p);
+    ccache_heap_destroy(h);
+    return;
+  }
+  memset(p, 0xAB, n);
+  ccache_free(h, p);  // a spare, still locked
+  unsigned char *z = ccache_calloc(h, 1, n);
+  CHECK(z == p, "calloc(1 MiB) = %p, not the locked spare %p", (void *)z, (void *)p);
+  for (size_t i = 0; i < n; i += 4093)
+    CHECK(z[i] == 0, "calloc of a locked spare: byte %zu is %#x", i, z[i]);
+  munlock(z, n);
+  ccache_free(h, z);
+  check_consistent(h);
+  ccache_heap_destroy(h);
+}
+
 // The idle scan unmaps a large spare freed before the previous scan and not reused.
 static void test_spare_aging(enum rseq_mode mode, enum rseq_index index) {
   struct ccache_heap *h = make(mode, index);
@@ -741,6 +768,7 @@ int main(int argc, char **argv) {
     test_marker_addresses(configs[i].mode, configs[i].index);
     test_trim_twice(configs[i].mode, configs[i].index);
     test_misaligned_reservation(configs[i].mode, configs[i].index);
+    test_calloc_locked_spare(configs[i].mode, configs[i].index);
     test_aligned_slack(configs[i].mode, configs[i].index);
     test_large_spare_split(configs[i].mode, configs[i].index);
     test_spare_aging(configs[i].mode, configs[i].index);

@@ -313,7 +313,9 @@ void *os_reserve(size_t bytes);
 // least 4096): mmap promises only the OS page. NULL when the OS refuses.
 void *os_reserve_aligned(size_t bytes, size_t align);
 int os_commit(void *addr, size_t bytes);
-void os_release(void *addr, size_t bytes);  // madvise(DONTNEED): contents become zero
+// madvise(DONTNEED): contents become zero, and 0; -1 when the OS refused (locked pages:
+// mlock, mlockall), and the contents are as they were.
+int os_release(void *addr, size_t bytes);
 void *os_map(size_t bytes);
 void os_unmap(void *addr, size_t bytes);
 void os_count_failure(struct ccache_heap *heap);

@@ -152,7 +152,10 @@ void *large_alloc(struct ccache_heap *heap, size_t size, size_t alignment, bool 
     if (sp.start) {
       m = (void *)sp.start;
       map_size = sp.size;
-      if (zeroed) os_release(m, map_size);  // the OS gives the pages back as zeros
+      // The OS gives the pages back as zeros; locked pages (mlock) it refuses to, and
+      // then they are cleared here (until 2026-12-04 calloc returned the old bytes;
+      // found by review).
+      if (zeroed && os_release(m, map_size) != 0) memset(m, 0, usable);
       CCACHE_MSAN_POISON(m, map_size);      // a fresh block's bytes are undefined
     }
   }

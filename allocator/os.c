@@ -67,7 +67,7 @@ int os_commit(void *addr, size_t bytes) {
   return mprotect(addr, bytes, PROT_READ | PROT_WRITE);
 }
 
-void os_release(void *addr, size_t bytes) { madvise(addr, bytes, MADV_DONTNEED); }
+int os_release(void *addr, size_t bytes) { return madvise(addr, bytes, MADV_DONTNEED); }
 
 void *os_map(size_t bytes) {
   if (injected_failure()) return NULL;
