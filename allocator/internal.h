@@ -85,6 +85,8 @@
 #include "allocator/size_class.h"
 #include "rseq/rseq.h"
 
+// The OS's page: what mmap aligns to, and large blocks are rounded up to.
+#define OS_PAGE 4096
 #define PAGE_SHIFT 13
 #define PAGE_SIZE ((size_t)1 << PAGE_SHIFT)
 // The heap reservation's alignment (init.c): a huge page, a multiple of PAGE_SIZE.

@@ -12,7 +12,6 @@
 #include "allocator/internal.h"
 #include "sanitizers/sanitizers.h"
 
-#define OS_PAGE 4096
 // The smallest mapping a spare can serve: take_spare serves only requests that are not
 // over-aligned, and those reach this file only past CCACHE_MAX_SMALL (heap.c), so a
 // page more. A smaller mapping (an over-aligned small block's) is unmapped when freed:

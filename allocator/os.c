@@ -5,8 +5,6 @@
 
 #include "allocator/internal.h"
 
-#define OS_PAGE_BYTES ((size_t)4096)
-
 // Tests: the next n mappings fail. Relaxed: a counter consulted by whoever maps next.
 static _Atomic long fail_next;
 
@@ -50,13 +48,14 @@ void *os_reserve_aligned(size_t bytes, size_t align) {
                  -1, 0);
   if (p == MAP_FAILED) return NULL;
   char *end = p + bytes + slack;
-  if (atomic_exchange_explicit(&misalign_next, 0, memory_order_relaxed)) {
-    // The test's kernel: the mapping starts one page past a boundary.
-    char *q = (char *)(((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1)) + OS_PAGE_BYTES;
-    munmap(p, (size_t)(q - p));
-    p = q;
-  }
   char *start = (char *)(((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1));
+  if (atomic_exchange_explicit(&misalign_next, 0, memory_order_relaxed)) {
+    // The test's kernel: the mapping starts one page past a boundary; the next boundary
+    // is the start.
+    munmap(p, (size_t)(start - p) + OS_PAGE);
+    p = start + OS_PAGE;
+    start += align;
+  }
   if (start > p) munmap(p, (size_t)(start - p));
   if (end > start + bytes) munmap(start + bytes, (size_t)(end - (start + bytes)));
   return start;

@@ -241,6 +241,10 @@ static void release_pages(struct ccache_heap *heap, uintptr_t start, size_t npag
 // Merges into `run` (in no list) the free runs next to it, and the ones next to those:
 // committed ones when `take_committed`, released ones when `take_released`, which also
 // releases the committed ones taken (the merged run is then released). page_lock held.
+// Every page that stops being a boundary is cleared in the page map, the run's own
+// included: an inner page must not name a run (until 2026-12-04 the run's old
+// boundaries kept naming it, and its freed metadata once it merged into another: a
+// second ccache_trim made ccache_check_heap fail, "inner page maps to"; found by review).
 static void coalesce(struct ccache_heap *heap, struct span *run, bool take_committed,
                      bool take_released) {
   for (;;) {  // the runs to the left
@@ -251,6 +255,7 @@ static void coalesce(struct ccache_heap *heap, struct span *run, bool take_commi
     run_remove(heap, left);
     set_page(heap, f - 1, NULL);
     set_page(heap, page_of(heap, left->start), NULL);
+    set_page(heap, f, NULL);  // run's old first page: an inner page from now on
     if (take_released && !left->released) release_pages(heap, left->start, left->npages);
     run->start = left->start;
     run->npages += left->npages;
@@ -266,6 +271,7 @@ static void coalesce(struct ccache_heap *heap, struct span *run, bool take_commi
     run_remove(heap, right);
     set_page(heap, last + 1, NULL);
     set_page(heap, page_of(heap, right->start) + right->npages - 1, NULL);
+    set_page(heap, last, NULL);  // run's old last page: an inner page from now on
     if (take_released && !right->released) release_pages(heap, right->start, right->npages);
     run->npages += right->npages;
     meta_span_free(heap, right);
@@ -325,13 +331,6 @@ void page_heap_release_all(struct ccache_heap *heap) {
   for (struct span *run = todo, *next; run; run = next) {
     next = run->meta_next;
     run_remove(heap, run);
-    // Its boundary pages stop naming it before it merges (as page_heap_free_small's span
-    // pages do): else a merge leaves them inner pages that still point at this run, and
-    // at freed metadata once it merges into another (until 2026-12-04 ccache_trim twice
-    // made ccache_check_heap fail, "inner page maps to"; found by review).
-    size_t first = page_of(heap, run->start);
-    set_page(heap, first, NULL);
-    set_page(heap, first + run->npages - 1, NULL);
     release_pages(heap, run->start, run->npages);
     run->released = true;
     coalesce(heap, run, false, true);
